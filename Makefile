@@ -1,0 +1,20 @@
+# Every target sets itself up (virtual environment, dependencies, data) on a fresh machine.
+PY := .venv/bin/python
+
+.PHONY: setup test lint train-lenet clean
+
+setup:
+	./scripts/setup.sh
+
+test: setup
+	$(PY) -m ruff check jaxcnn torch_ref parity_tests tests
+	$(PY) -m pytest
+
+lint: setup
+	$(PY) -m ruff check jaxcnn torch_ref parity_tests tests
+
+train-lenet: setup
+	.venv/bin/jaxcnn train --preset lenet
+
+clean:
+	rm -rf .venv .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,152 @@
+"""Weights between torch state dicts and jaxcnn variables, and ``.safetensors`` files.
+
+Names come from the module tree (:mod:`jaxcnn.traversal`) and each layer's
+:class:`~jaxcnn.layers.TorchVar` list, never from a per-model table. Conversion is strict like
+torch's ``load_state_dict``: one error lists every missing and unexpected key and every shape
+mismatch. Values may be numpy arrays or torch tensors (duck-typed; torch is never imported).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+
+from .traversal import get_path, named_modules, torch_variables
+
+
+class StateDictError(KeyError):
+    """A state dict that does not fit the model; the message lists every offending key."""
+
+    def __init__(self, message: str, missing: list[str], unexpected: list[str],
+                 mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]]) -> None:
+        super().__init__(message)
+        self.missing, self.unexpected, self.mismatched = missing, unexpected, mismatched
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0])
+
+
+def to_numpy(value: Any) -> np.ndarray:
+    """A numpy array of ``value``: numpy/JAX arrays as they are, torch tensors detached to CPU."""
+    if hasattr(value, "detach") and hasattr(value, "cpu"):
+        value = value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def _error(what: str, missing: list[str], unexpected: list[str],
+           mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]]) -> StateDictError:
+    lines = [f"{what}:"]
+    if missing:
+        lines.append(f"  missing keys ({len(missing)}): {', '.join(missing)}")
+    if unexpected:
+        lines.append(f"  unexpected keys ({len(unexpected)}): {', '.join(unexpected)}")
+    for key, expected, got in mismatched:
+        lines.append(f"  size mismatch for {key}: expected shape {expected}, got {got}")
+    return StateDictError("\n".join(lines), missing, unexpected, mismatched)
+
+
+def from_torch_state_dict(model: nn.Module, state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """Variables ``{'params': ..., 'batch_stats': ...}`` for ``model`` from a torch state dict.
+
+    Conv weights OIHW become HWIO kernels, Linear weights ``(out, in)`` become ``(in, out)``
+    kernels, BatchNorm ``weight``/``running_mean``/... become ``scale``/``mean``/...
+    Raises :class:`StateDictError` naming every missing, unexpected or mis-shaped key.
+    """
+    table = list(torch_variables(model))
+    expected = {key for key, _, _ in table}
+    missing = [key for key, _, _ in table if key not in state_dict]
+    unexpected = [key for key in state_dict if key not in expected]
+    mismatched = []
+    for key, _, var in table:
+        if key in state_dict:
+            got = tuple(int(d) for d in state_dict[key].shape)
+            if got != var.torch_shape:
+                mismatched.append((key, var.torch_shape, got))
+    if missing or unexpected or mismatched:
+        raise _error(f"state dict does not fit {type(model).__name__}", missing, unexpected,
+                     mismatched)
+
+    variables: dict[str, Any] = {}
+    for key, path, var in table:
+        value = var.from_torch(to_numpy(state_dict[key]))
+        if np.issubdtype(value.dtype, np.integer):
+            value = value.astype(np.int32)
+        node = variables
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = jnp.asarray(value)
+    return variables
+
+
+def to_torch_state_dict(model: nn.Module, variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """The torch state dict (names, layouts and dtypes of torch) of ``variables``.
+
+    Keys come in torch's ``state_dict()`` order; values are C-contiguous numpy arrays, ready for
+    ``torch.from_numpy`` or :func:`save_safetensors`. ``num_batches_tracked`` is int64.
+    """
+    out: dict[str, np.ndarray] = {}
+    missing, mismatched = [], []
+    for key, path, var in torch_variables(model):
+        try:
+            value = np.asarray(get_path(variables, path))
+        except KeyError:
+            missing.append("/".join(path))
+            continue
+        if value.shape != var.shape:
+            mismatched.append(("/".join(path), var.shape, value.shape))
+            continue
+        value = var.to_torch(value)
+        if var.torch_dtype is not None:
+            value = value.astype(var.torch_dtype)
+        out[key] = np.ascontiguousarray(value)
+    if missing or mismatched:
+        raise _error(f"variables do not fit {type(model).__name__}", missing, [], mismatched)
+    return out
+
+
+def dropout_masks_to_torch(model: nn.Module, masks: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """The ``dropout_masks`` collection as ``{torch module name: mask}`` in torch's layout
+    (NHWC masks become NCHW), for feeding the same masks to a torch model."""
+    out = {}
+    for path, _ in named_modules(model):
+        try:
+            mask = np.asarray(get_path(masks, (*path.split("."), "mask")))
+        except KeyError:
+            continue
+        out[path] = np.transpose(mask, (0, 3, 1, 2)) if mask.ndim == 4 else mask
+    return out
+
+
+def save_safetensors(path: str | os.PathLike[str], state_dict: Mapping[str, Any]) -> None:
+    """Write a state dict (torch names) to ``.safetensors``, atomically: an existing file is
+    replaced only once the new one is complete."""
+    from safetensors.numpy import save_file
+
+    path = os.fspath(path)
+    arrays = {k: np.ascontiguousarray(to_numpy(v)) for k, v in state_dict.items()}
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".safetensors.tmp")
+    os.close(fd)
+    try:
+        save_file(arrays, tmp, metadata={"format": "pt", "producer": "jaxcnn"})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_safetensors(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """Read a ``.safetensors`` state dict as numpy arrays (no torch needed)."""
+    from safetensors.numpy import load_file
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no weights file at {path}")
+    return load_file(path)

@@ -1,0 +1,84 @@
+"""The PyTorch reference: the book's chapter-5 models, built from jaxcnn's registry.
+
+``torch_ref.create_model(name, **config)`` builds the torch twin of
+``jaxcnn.create_model(name, **config)``, with the book's module structure and state-dict names.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from jaxcnn.registry import list_models, make_config
+
+from ._book import BUILDERS, AlexNet, BatchNorm, FlattenLayer, GlobalAvgPool2d, LeNet, batch_norm
+
+
+def build_model(config: Any) -> nn.Module:
+    """The torch model of a config dataclass instance from :mod:`jaxcnn.registry`."""
+    try:
+        builder = BUILDERS[type(config)]
+    except KeyError:
+        raise TypeError(f"no torch_ref builder for config type {type(config).__name__}") from None
+    return builder(config)
+
+
+def create_model(name: str, **config: Any) -> nn.Module:
+    """Build the torch twin of the registered model ``name`` (NCHW input)."""
+    return build_model(make_config(name, **config))
+
+
+@contextlib.contextmanager
+def fixed_dropout_masks(model: nn.Module, masks: Mapping[str, Any]) -> Iterator[None]:
+    """Within the block, each ``nn.Dropout`` named in ``masks`` uses that mask in training mode:
+    ``out = x * mask / (1 - p)``, torch's own formula. ``masks`` maps module names
+    (``'fc.2'``) to boolean arrays in torch's layout, e.g. from
+    :func:`jaxcnn.convert.dropout_masks_to_torch`. Every named module must be a Dropout, and
+    every Dropout that runs in training mode must have a mask."""
+    modules = dict(model.named_modules())
+    unknown = [k for k in masks if not isinstance(modules.get(k), nn.Dropout)]
+    if unknown:
+        raise KeyError(f"no Dropout module named {', '.join(unknown)}")
+    handles = []
+
+    def hook_for(name: str, p: float):
+        mask = torch.as_tensor(np.asarray(masks[name]))
+
+        def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor):
+            if not module.training:
+                return output
+            (x,) = inputs
+            m = mask.to(device=x.device, dtype=x.dtype)
+            if m.shape != x.shape:
+                raise ValueError(f"dropout mask for {name} has shape {tuple(m.shape)}, "
+                                 f"input {tuple(x.shape)}")
+            return x * (m / (1.0 - p))
+
+        return hook
+
+    for name, module in modules.items():
+        if isinstance(module, nn.Dropout):
+            if name in masks:
+                handles.append(module.register_forward_hook(hook_for(name, module.p)))
+            else:
+                def missing(module, inputs, output, name=name):
+                    if module.training:
+                        raise KeyError(f"no dropout mask given for {name}")
+                    return output
+                handles.append(module.register_forward_hook(missing))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+__all__ = [
+    "AlexNet", "BatchNorm", "FlattenLayer", "GlobalAvgPool2d", "LeNet", "batch_norm",
+    "build_model", "create_model", "fixed_dropout_masks", "list_models",
+]
