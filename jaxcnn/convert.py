@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -37,6 +37,11 @@ def to_numpy(value: Any) -> np.ndarray:
     if hasattr(value, "detach") and hasattr(value, "cpu"):
         value = value.detach().cpu().numpy()
     return np.asarray(value)
+
+
+def _contiguous(a: np.ndarray) -> np.ndarray:
+    """C-contiguous, keeping 0-d arrays 0-d (``np.ascontiguousarray`` makes them 1-d)."""
+    return a if a.flags.c_contiguous else np.array(a, order="C")
 
 
 def _error(what: str, missing: list[str], unexpected: list[str],
@@ -84,15 +89,21 @@ def from_torch_state_dict(model: nn.Module, state_dict: Mapping[str, Any]) -> di
     return variables
 
 
-def to_torch_state_dict(model: nn.Module, variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
+def to_torch_state_dict(model: nn.Module, variables: Mapping[str, Any],
+                        collections: Sequence[str] = ("params", "batch_stats"),
+                        ) -> dict[str, np.ndarray]:
     """The torch state dict (names, layouts and dtypes of torch) of ``variables``.
 
     Keys come in torch's ``state_dict()`` order; values are C-contiguous numpy arrays, ready for
     ``torch.from_numpy`` or :func:`save_safetensors`. ``num_batches_tracked`` is int64.
+    ``collections`` selects what to convert: ``('params',)`` maps a gradient tree
+    ``{'params': grads}`` to torch's parameter names and layouts.
     """
     out: dict[str, np.ndarray] = {}
     missing, mismatched = [], []
     for key, path, var in torch_variables(model):
+        if var.collection not in collections:
+            continue
         try:
             value = np.asarray(get_path(variables, path))
         except KeyError:
@@ -104,7 +115,7 @@ def to_torch_state_dict(model: nn.Module, variables: Mapping[str, Any]) -> dict[
         value = var.to_torch(value)
         if var.torch_dtype is not None:
             value = value.astype(var.torch_dtype)
-        out[key] = np.ascontiguousarray(value)
+        out[key] = _contiguous(value)
     if missing or mismatched:
         raise _error(f"variables do not fit {type(model).__name__}", missing, [], mismatched)
     return out
@@ -129,7 +140,7 @@ def save_safetensors(path: str | os.PathLike[str], state_dict: Mapping[str, Any]
     from safetensors.numpy import save_file
 
     path = os.fspath(path)
-    arrays = {k: np.ascontiguousarray(to_numpy(v)) for k, v in state_dict.items()}
+    arrays = {k: _contiguous(to_numpy(v)) for k, v in state_dict.items()}
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, suffix=".safetensors.tmp")

@@ -1,0 +1,194 @@
+"""Every registered model and test case, built on both sides from the same torch weights."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+
+import jaxcnn
+import torch_ref
+from jaxcnn.registry import get_spec
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    name: str
+    config: tuple[tuple[str, Any], ...]
+    size: int
+
+    @property
+    def id(self) -> str:
+        opts = ",".join(f"{k}={v}" for k, v in self.config if k != "conv_arch")
+        return f"{self.name}[{opts}]" if opts else self.name
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return dict(self.config)
+
+    @property
+    def batch(self) -> int:
+        return 4 if self.size <= 64 else 2
+
+    @property
+    def classifier(self) -> bool:
+        return getattr(get_spec(self.name), "classifier", True)
+
+
+CASES = [
+    Case(name, tuple(cfg.items()), size)
+    for name in jaxcnn.list_models()
+    for cfg, size in get_spec(name).test_cases
+]
+BN_CASES = [c for c in CASES if c.name == "lenet_bn"]
+
+
+@dataclasses.dataclass
+class Pair:
+    """The torch twin (seeded torch init) and the jaxcnn model with the converted weights."""
+
+    case: Case
+    torch_model: torch.nn.Module
+    model: nn.Module
+    variables: dict[str, Any]
+
+    def fresh_torch(self) -> torch.nn.Module:
+        """A torch model with this pair's initial weights (the cached one may be trained)."""
+        m = torch_ref.create_model(self.case.name, **self.case.kwargs)
+        m.load_state_dict(self.state_dict)
+        return m
+
+    @functools.cached_property
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v.clone() for k, v in self.torch_model.state_dict().items()}
+
+
+def randomize_batchnorm(tm: torch.nn.Module) -> None:
+    """Give every BatchNorm a trained-looking state: random affine parameters and running
+    statistics, and ``num_batches_tracked = 3``. The defaults (weight 1, bias 0, mean 0, var 1
+    or the book's zeros) would let a swapped or ignored tensor pass unnoticed, and the book's
+    zero moving variance makes eval mode ill-conditioned (it divides by sqrt(eps))."""
+    with torch.no_grad():
+        for name, buf in tm.named_buffers():
+            if name.endswith("num_batches_tracked"):
+                buf.fill_(3)
+            elif name.endswith(("running_var", "moving_var")):
+                buf.uniform_(0.5, 1.5)
+            else:
+                buf.normal_(0.0, 0.2)
+        for name, p in tm.named_parameters():
+            if name.endswith("gamma") or (name.endswith("weight") and p.ndim == 1):
+                p.uniform_(0.5, 1.5)
+            elif name.endswith("beta") or (name.endswith("bias") and _is_bn_bias(tm, name)):
+                p.normal_(0.0, 0.2)
+
+
+def _is_bn_bias(tm: torch.nn.Module, name: str) -> bool:
+    module = tm.get_submodule(name.rsplit(".", 1)[0])
+    return isinstance(module, torch.nn.modules.batchnorm._BatchNorm)
+
+
+@functools.lru_cache(maxsize=2)
+def make_pair(case: Case, seed: int = 0) -> Pair:
+    torch.manual_seed(seed)
+    tm = torch_ref.create_model(case.name, **case.kwargs)
+    randomize_batchnorm(tm)
+    model = jaxcnn.create_model(case.name, **case.kwargs)
+    variables = jaxcnn.from_torch_state_dict(model, tm.state_dict())
+    pair = Pair(case, tm, model, variables)
+    _ = pair.state_dict
+    return pair
+
+
+def inputs(case: Case, seed: int = 0, batch: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A random NCHW float32 batch in [0, 1) and integer labels."""
+    rng = np.random.default_rng(seed)
+    in_ch = jaxcnn.make_config(case.name, **case.kwargs).in_channels
+    n = batch or case.batch
+    x = rng.random((n, in_ch, case.size, case.size), dtype=np.float32)
+    y = rng.integers(0, 10, size=(n,))
+    return x, y
+
+
+def jax_input(x: np.ndarray) -> jax.Array:
+    return jnp.asarray(jaxcnn.nchw_to_nhwc(x))
+
+
+def torch_output_to_numpy(y: torch.Tensor) -> np.ndarray:
+    y = y.detach().numpy()
+    return np.transpose(y, (0, 2, 3, 1)) if y.ndim == 4 else y
+
+
+def loss_weights(shape: tuple[int, ...]) -> np.ndarray:
+    """Fixed weights for the scalar loss of a model without classifier head (NHWC shape)."""
+    return np.random.default_rng(123).standard_normal(shape).astype(np.float32)
+
+
+def torch_loss(case: Case, out: torch.Tensor, y: np.ndarray) -> torch.Tensor:
+    if case.classifier:
+        return torch.nn.functional.cross_entropy(out, torch.as_tensor(y))
+    w = loss_weights(tuple(out.permute(0, 2, 3, 1).shape))
+    return (out.permute(0, 2, 3, 1) * torch.as_tensor(w)).mean()
+
+
+def jax_loss(case: Case, out: jax.Array, y: np.ndarray) -> jax.Array:
+    if case.classifier:
+        logp = jax.nn.log_softmax(out, axis=-1)
+        return -jnp.mean(jnp.take_along_axis(logp, jnp.asarray(y)[:, None], axis=1))
+    return jnp.mean(out * jnp.asarray(loss_weights(tuple(out.shape))))
+
+
+
+def _torch_pool_inputs(tm: torch.nn.Module, x: np.ndarray, masks: dict[str, np.ndarray]
+                       ) -> list[tuple[torch.nn.MaxPool2d, torch.Tensor]]:
+    seen: list[tuple[torch.nn.MaxPool2d, torch.Tensor]] = []
+    handles = [m.register_forward_hook(lambda mod, i, o: seen.append((mod, i[0].detach())))
+               for m in tm.modules() if isinstance(m, torch.nn.MaxPool2d)]
+    try:
+        with torch.no_grad(), torch_ref.fixed_dropout_masks(tm, masks):
+            tm.train()(torch.from_numpy(x))
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
+
+
+def _jax_pool_inputs(pair: Pair, x: np.ndarray, jax_masks: Any) -> list[np.ndarray]:
+    seen: list[np.ndarray] = []
+
+    def record(next_fun, args, kwargs, context):
+        if isinstance(context.module, jaxcnn.layers.MaxPool2d) and context.method_name == \
+                "__call__":
+            seen.append(np.asarray(args[0]))
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(record):
+        pair.model.apply({**pair.variables, "dropout_masks": jax_masks}, jax_input(x),
+                         train=True, mutable=["batch_stats", "dropout_masks"],
+                         rngs={"dropout": jax.random.key(7)})
+    return seen
+
+
+def max_pool_flips(pair: Pair, x: np.ndarray, jax_masks: Any) -> int:
+    """Pooling windows where torch and jaxcnn pick a different maximum (train-mode forward with
+    the same dropout masks). At a float32 near-tie each framework's rounding decides which
+    element wins, and the gradient goes there: both are valid, but they differ. Gradient parity
+    is therefore checked on inputs with no flip."""
+    torch_masks = jaxcnn.convert.dropout_masks_to_torch(pair.model, jax_masks)
+    flips = 0
+    pools = _torch_pool_inputs(pair.fresh_torch(), x, torch_masks)
+    jax_inputs = _jax_pool_inputs(pair, x, jax_masks)
+    assert len(pools) == len(jax_inputs)
+    for (mod, a_t), a_j in zip(pools, jax_inputs, strict=True):
+        a_j = torch.from_numpy(np.ascontiguousarray(np.transpose(a_j, (0, 3, 1, 2))))
+        args = (mod.kernel_size, mod.stride, mod.padding, mod.dilation, mod.ceil_mode, True)
+        _, idx_t = torch.nn.functional.max_pool2d(a_t, *args)
+        _, idx_j = torch.nn.functional.max_pool2d(a_j, *args)
+        flips += int((idx_t != idx_j).sum())
+    return flips
