@@ -192,3 +192,18 @@ def max_pool_flips(pair: Pair, x: np.ndarray, jax_masks: Any) -> int:
         _, idx_j = torch.nn.functional.max_pool2d(a_j, *args)
         flips += int((idx_t != idx_j).sum())
     return flips
+
+
+# Largest |diff| seen per (model case, check), with its tolerance; printed at the end of the run
+# by conftest.pytest_terminal_summary.
+DIFFS: dict[tuple[str, str], tuple[float, float]] = {}
+
+
+def check_close(case_id: str, check: str, actual: Any, expected: Any, what: str) -> float:
+    """``jaxcnn.testing.assert_close`` that also records the diff for the summary table."""
+    diff = jaxcnn.testing.assert_close(actual, expected, what)
+    tol = jaxcnn.testing.tolerance(expected)
+    old = DIFFS.get((case_id, check))
+    if old is None or diff / tol > old[0] / old[1]:
+        DIFFS[(case_id, check)] = (diff, tol)
+    return diff

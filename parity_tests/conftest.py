@@ -14,3 +14,22 @@ jax.config.update("jax_default_matmul_precision", "highest")
 torch.backends.cuda.matmul.allow_tf32 = False
 torch.backends.cudnn.allow_tf32 = False
 torch.set_default_dtype(torch.float32)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    """Print the largest diff per model and check (and its share of the tolerance)."""
+    from ._cases import DIFFS
+
+    if not DIFFS:
+        return
+    tr = terminalreporter
+    tr.section("parity: largest max|diff| per model and check (tolerance in brackets)")
+    checks = sorted({c for _, c in DIFFS})
+    models = sorted({m for m, _ in DIFFS})
+    width = max(len(m) for m in models) + 2
+    for check in checks:
+        tr.write_line(f"{check}:")
+        for model in models:
+            if (model, check) in DIFFS:
+                diff, tol = DIFFS[(model, check)]
+                tr.write_line(f"  {model:<{width}} {diff:.2e}  [{tol:.1e}, {diff / tol:5.1%}]")

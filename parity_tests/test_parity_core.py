@@ -14,12 +14,12 @@ import torch
 
 import jaxcnn
 import torch_ref
-from jaxcnn.testing import assert_close
 
 from ._cases import (
     BN_CASES,
     CASES,
     Case,
+    check_close,
     inputs,
     jax_input,
     jax_loss,
@@ -53,7 +53,7 @@ def test_eval_outputs_match(case: Case) -> None:
         expected = torch_output_to_numpy(tm(torch.from_numpy(x)))
     got = np.asarray(pair.model.apply(pair.variables, jax_input(x), train=False))
     assert got.shape == expected.shape, f"{case.id}: output shape {got.shape} != {expected.shape}"
-    assert_close(got, expected, f"{case.id}: eval output")
+    check_close(case.id, "eval output", got, expected, f"{case.id}: eval output")
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
@@ -88,14 +88,16 @@ def test_train_outputs_and_gradients_match(case: Case) -> None:
         return jax_loss(case, out, y), out
 
     (loss_j, out_j), grads = jax.value_and_grad(loss_fn, has_aux=True)(pair.variables["params"])
-    assert_close(np.asarray(out_j), torch_output_to_numpy(out_t), f"{case.id}: train output")
-    assert_close(float(loss_j), float(loss_t), f"{case.id}: loss")
+    check_close(case.id, "train output (same dropout masks)", np.asarray(out_j),
+                torch_output_to_numpy(out_t), f"{case.id}: train output")
+    check_close(case.id, "loss", float(loss_j), float(loss_t.detach()), f"{case.id}: loss")
 
     grads_t = {k: p.grad.numpy() for k, p in tm.named_parameters()}
     grads_j = jaxcnn.to_torch_state_dict(pair.model, {"params": grads}, collections=("params",))
     assert list(grads_j) == list(grads_t), f"{case.id}: parameter names/order differ"
     for key, g in grads_t.items():
-        assert_close(grads_j[key], g, f"{case.id}: gradient of {key}")
+        check_close(case.id, "parameter gradients", grads_j[key], g,
+                    f"{case.id}: gradient of {key}")
 
 
 def _torch_buffers(tm: torch.nn.Module) -> dict[str, np.ndarray]:
@@ -113,7 +115,8 @@ def test_batchnorm_state_after_1_and_10_batches_then_eval(case: Case) -> None:
             out_t = tm(torch.from_numpy(x))
         out_j, stats, _ = _train_apply(pair, variables, x)
         variables = {**variables, "batch_stats": stats}
-        assert_close(np.asarray(out_j), out_t.numpy(), f"{case.id}: train output, batch {step}")
+        check_close(case.id, "BN train output", np.asarray(out_j), out_t.numpy(),
+                    f"{case.id}: train output, batch {step}")
         if step in (1, 10):
             got = jaxcnn.to_torch_state_dict(pair.model, variables, collections=("batch_stats",))
             expected = _torch_buffers(tm)
@@ -123,12 +126,14 @@ def test_batchnorm_state_after_1_and_10_batches_then_eval(case: Case) -> None:
                     start = int(pair.state_dict[key])
                     assert int(got[key]) == int(value) == start + step, f"{case.id}: {key}"
                 else:
-                    assert_close(got[key], value, f"{case.id}: {key} after {step} batches")
+                    check_close(case.id, f"BN running stats after {step}", got[key], value,
+                                f"{case.id}: {key} after {step} batches")
     x, _ = inputs(case, seed=999)
     with torch.no_grad():
         expected_eval = tm.eval()(torch.from_numpy(x)).numpy()
     got_eval = np.asarray(pair.model.apply(variables, jax_input(x), train=False))
-    assert_close(got_eval, expected_eval, f"{case.id}: eval output after 10 training batches")
+    check_close(case.id, "BN eval output after 10 batches", got_eval, expected_eval,
+                f"{case.id}: eval output after 10 training batches")
 
 
 def test_every_bn_kind_is_covered() -> None:
@@ -177,4 +182,4 @@ def test_full_size_vgg11_eval_output_and_roundtrip() -> None:
     with torch.no_grad():
         expected = tm(torch.from_numpy(x)).numpy()
     got = np.asarray(model.apply(variables, jax_input(x)))
-    assert_close(got, expected, "vgg11 (ratio 1): eval output")
+    check_close("vgg11[ratio=1]", "eval output", got, expected, "vgg11 (ratio 1): eval output")
