@@ -36,7 +36,7 @@ def _check(layer, tlayer: tnn.Module, shape_nhwc: tuple[int, ...], what: str,
         out = layer.apply(variables, x)
         return jnp.sum(out * jnp.asarray(_nchw_to_nhwc(w))), out
 
-    (_, out_j), gx = jax.value_and_grad(f, has_aux=True)(jnp.asarray(x))
+    (_, out_j), gx = jax.jit(jax.value_and_grad(f, has_aux=True))(jnp.asarray(x))
     assert out_j.shape == _nchw_to_nhwc(out_t.detach().numpy()).shape, what
     assert_close(np.asarray(out_j), _nchw_to_nhwc(out_t.detach().numpy()), f"{what}: output")
     assert_close(np.asarray(gx), _nchw_to_nhwc(xt.grad.numpy()), f"{what}: input gradient")

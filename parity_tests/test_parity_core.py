@@ -87,7 +87,8 @@ def test_train_outputs_and_gradients_match(case: Case) -> None:
         out, _, _ = _train_apply(pair, v, x, masks)
         return jax_loss(case, out, y), out
 
-    (loss_j, out_j), grads = jax.value_and_grad(loss_fn, has_aux=True)(pair.variables["params"])
+    (loss_j, out_j), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(
+        pair.variables["params"])
     check_close(case.id, "train output (same dropout masks)", np.asarray(out_j),
                 torch_output_to_numpy(out_t), f"{case.id}: train output")
     check_close(case.id, "loss", float(loss_j), float(loss_t.detach()), f"{case.id}: loss")

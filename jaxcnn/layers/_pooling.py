@@ -74,7 +74,9 @@ class MaxPool2d(_Pool2d):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         k, s, p, outs = self._geometry(x)
         pads = [self._pads(x.shape[1 + i], k[i], s[i], p[i], outs[i]) for i in range(2)]
-        init = jnp.array(-jnp.inf, x.dtype)
+        # A numpy (concrete) init value lets JAX recognise the max monoid, which is what makes
+        # the pooling differentiable under jit.
+        init = np.array(-np.inf, x.dtype)
         return lax.reduce_window(
             x, init, lax.max, (1, *k, 1), (1, *s, 1), ((0, 0), *pads, (0, 0))
         )
@@ -104,7 +106,7 @@ class AvgPool2d(_Pool2d):
         k, s, p, outs = self._geometry(x)
         pads = [self._pads(x.shape[1 + i], k[i], s[i], p[i], outs[i]) for i in range(2)]
         total = lax.reduce_window(
-            x, jnp.array(0, x.dtype), lax.add, (1, *k, 1), (1, *s, 1), ((0, 0), *pads, (0, 0))
+            x, np.array(0, x.dtype), lax.add, (1, *k, 1), (1, *s, 1), ((0, 0), *pads, (0, 0))
         )
         if self.divisor_override is not None:
             return total / jnp.asarray(self.divisor_override, x.dtype)
