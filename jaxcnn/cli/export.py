@@ -1,0 +1,67 @@
+"""``jaxcnn export``: a run's weights as a torch-named ``.safetensors`` state dict."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from .train import enable_compilation_cache, positive_int
+
+EPILOG = """\
+examples:
+  jaxcnn export --workdir runs/lenet --out lenet.safetensors
+  jaxcnn export --workdir runs/bn --epoch 3 --out bn_epoch3.safetensors
+
+The file holds the parameters and BatchNorm statistics under torch's state-dict names and
+layouts (OIHW conv weights, (out, in) linear weights, int64 num_batches_tracked). In PyTorch:
+
+  import safetensors.torch, torch_ref
+  model = torch_ref.create_model("lenet")          # same model and config as the run
+  model.load_state_dict(safetensors.torch.load_file("lenet.safetensors"), strict=True)
+
+Check it with 'jaxcnn eval --weights FILE --model NAME'.
+"""
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "export", help="write a checkpoint's weights as torch-named .safetensors",
+        description="Export the weights of a 'jaxcnn train' run for PyTorch.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workdir", type=Path, required=True, metavar="DIR",
+                   help="the run directory (from 'jaxcnn train --workdir')")
+    p.add_argument("--out", type=Path, required=True, metavar="FILE",
+                   help="the .safetensors file to write (replaced atomically)")
+    p.add_argument("--epoch", type=positive_int, help="this epoch's checkpoint (default: the "
+                   "latest)")
+    p.set_defaults(func=run, _parser=p)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..training import latest_epoch
+
+    parser = args._parser
+    if latest_epoch(args.workdir) is None:
+        parser.error(f"no checkpoint in {args.workdir} (train with 'jaxcnn train --workdir "
+                     f"{args.workdir}' first)")
+    if args.out.suffix != ".safetensors":
+        parser.error(f"--out should end in .safetensors, got {args.out}")
+
+    enable_compilation_cache()
+    from ..convert import save_safetensors, to_torch_state_dict
+    from ..training import CheckpointError, load_checkpoint
+
+    try:
+        model, state, meta = load_checkpoint(args.workdir, args.epoch)
+    except CheckpointError as e:
+        print(f"jaxcnn export: error: {e}", file=sys.stderr)
+        return 2
+    state_dict = to_torch_state_dict(model, state.variables)
+    save_safetensors(args.out, state_dict)
+    config = meta["config"]
+    opts = {k: v for k, v in config["model_config"].items()}
+    print(f"wrote {args.out}: {len(state_dict)} tensors of {config['model']} {opts}, epoch "
+          f"{meta['epoch']} (global step {int(state.step)})")
+    return 0

@@ -1,0 +1,140 @@
+"""The run configuration and the book's chapter presets."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from ..registry import get_spec, make_config
+from ._optim import OptimizerConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a training run's numbers (stored in every checkpoint).
+
+    Attributes:
+      model: registry name (``jaxcnn.list_models()``).
+      model_config: the model's config fields (e.g. ``{'bn': 'scratch'}``, ``{'ratio': 8}``);
+        normalised to the full field dict of the registry config.
+      resize: input size fed to the model (``None``: the native 28x28).
+      batch_size, epochs: as the book (the last batch of an epoch is partial).
+      optimizer: :class:`OptimizerConfig` (lr, schedule, ...).
+      seed: init, dropout and shuffling are all derived from it.
+      limit_train, limit_test: train/test on the first N examples only (quick runs).
+    """
+
+    model: str
+    model_config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    resize: int | None = None
+    batch_size: int = 256
+    epochs: int = 5
+    optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+    seed: int = 0
+    limit_train: int | None = None
+    limit_test: int | None = None
+
+    def __post_init__(self) -> None:
+        cfg = make_config(self.model, **dict(self.model_config))  # raises on unknown names
+        object.__setattr__(self, "model_config", _plain(dataclasses.asdict(cfg)))
+        errors = []
+        if self.batch_size < 1:
+            errors.append(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.epochs < 1:
+            errors.append(f"epochs must be >= 1, got {self.epochs}")
+        if self.resize is not None and self.resize < 1:
+            errors.append(f"resize must be >= 1, got {self.resize}")
+        for name in ("limit_train", "limit_test"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                errors.append(f"{name} must be >= 1, got {value}")
+        if errors:
+            raise ValueError("; ".join(errors))
+
+    @property
+    def input_size(self) -> int:
+        """H = W of the model input (``resize`` or 28)."""
+        return self.resize or 28
+
+    def model_cfg(self) -> Any:
+        """The registry config dataclass instance."""
+        return make_config(self.model, **dict(self.model_config))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d["model_config"] = dict(self.model_config)
+        d["optimizer"] = self.optimizer.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
+        d = dict(d)
+        d["optimizer"] = OptimizerConfig.from_dict(d.get("optimizer", {}))
+        return cls(**d)
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists, recursively: the form a config has after a JSON round trip."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def default_resize(model: str) -> int | None:
+    """The resize the model is built for (``None`` for 28x28 models)."""
+    size = get_spec(model).input_size
+    return None if size == 28 else size
+
+
+def _book(model: str, resize: int | None, batch_size: int, lr: float,
+          **model_config: Any) -> TrainConfig:
+    return TrainConfig(model=model, model_config=model_config, resize=resize,
+                       batch_size=batch_size, epochs=5,
+                       optimizer=OptimizerConfig(name="adam", lr=lr))
+
+
+#: The book's chapter-5 runs (Adam, 5 epochs): name -> (config, chapter).
+PRESETS: dict[str, tuple[TrainConfig, str]] = {
+    "lenet": (_book("lenet", None, 256, 0.001), "5.5 LeNet"),
+    "lenet_bn": (_book("lenet_bn", None, 256, 0.001, bn="torch"),
+                 "5.10 LeNet + nn.BatchNorm"),
+    "lenet_bn_scratch": (_book("lenet_bn", None, 256, 0.001, bn="scratch"),
+                         "5.10 LeNet + the book's BatchNorm"),
+    "alexnet": (_book("alexnet", 224, 128, 0.001), "5.6 AlexNet"),
+    "vgg11_small": (_book("vgg11", 224, 64, 0.001, ratio=8), "5.7 VGG-11, ratio 8"),
+    "nin": (_book("nin", 224, 128, 0.002), "5.8 NiN"),
+}
+
+
+def get_preset(name: str) -> TrainConfig:
+    """The :class:`TrainConfig` of a preset; an unknown name raises ``KeyError``."""
+    try:
+        return PRESETS[name][0]
+    except KeyError:
+        raise KeyError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}") from None
+
+
+def resume_conflicts(saved: TrainConfig, requested: TrainConfig, done_epochs: int) -> list[str]:
+    """Why ``requested`` cannot continue a run trained with ``saved`` for ``done_epochs``
+    (empty if it can). Only ``epochs`` may change: grow, and not under a cosine schedule."""
+    problems = []
+    a, b = saved.to_dict(), requested.to_dict()
+    for key in a:
+        if key != "epochs" and a[key] != b[key]:
+            if isinstance(a[key], dict):
+                for sub in sorted(set(a[key]) | set(b[key])):
+                    if a[key].get(sub) != b[key].get(sub):
+                        problems.append(f"{key}.{sub}: checkpoint {a[key].get(sub)!r}, "
+                                        f"requested {b[key].get(sub)!r}")
+            else:
+                problems.append(f"{key}: checkpoint {a[key]!r}, requested {b[key]!r}")
+    if requested.epochs < done_epochs:
+        problems.append(f"epochs: the checkpoint already has {done_epochs} epochs, requested "
+                        f"{requested.epochs}")
+    elif requested.epochs != saved.epochs and saved.optimizer.schedule == "cosine":
+        problems.append(f"epochs: the cosine schedule was built for {saved.epochs} epochs "
+                        f"(T_max), requested {requested.epochs}")
+    return problems

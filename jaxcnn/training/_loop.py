@@ -1,0 +1,248 @@
+"""The jitted train/eval steps and the book's training loop (``train_ch5``).
+
+Batches are uint8 images ``(B, 28, 28)`` and int32 labels ``(B,)`` on the device; the steps
+preprocess them (``jaxcnn.data.preprocess``: ``[0, 1]`` floats, NHWC, optional resize) inside
+the compiled function.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from functools import partial
+from typing import Any, Protocol
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from ..data import num_batches, preprocess
+from ._state import TrainState, variables_of
+
+#: How often each jitted function was traced (a Python side effect, so it counts compilations).
+TRACE_COUNTS: collections.Counter[str] = collections.Counter()
+
+
+class Dataset(Protocol):
+    """What the loop needs of ``jaxcnn.data.DeviceDataset``."""
+
+    def __len__(self) -> int: ...
+
+    def batches(self, batch_size: int, *, shuffle: bool, seed: int = 0,
+                epoch: int = 0) -> Iterable[tuple[jax.Array, jax.Array]]: ...
+
+
+class NonFiniteError(FloatingPointError):
+    """The loss or the parameters became NaN/inf; ``step`` (1-based global step) and ``epoch``
+    (1-based) name the first bad update."""
+
+    def __init__(self, message: str, step: int, epoch: int) -> None:
+        super().__init__(message)
+        self.step, self.epoch = step, epoch
+
+
+def _all_finite(tree: Any) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+@partial(jax.jit, static_argnames=("resize",), donate_argnums=(0,))
+def train_step(state: TrainState, images: jax.Array, labels: jax.Array, *,
+               resize: int | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimizer update on a batch (train mode: BN batch statistics, dropout).
+
+    Args:
+      state: the :class:`TrainState` (donated: do not reuse the argument).
+      images: uint8 ``(B, 28, 28)``; labels: int ``(B,)``.
+      resize: static output size of the preprocessing, or ``None`` for 28.
+
+    Returns:
+      ``(new_state, metrics)``; metrics: ``loss`` (mean cross-entropy, float32), ``correct``
+      (int32, ``argmax(logits, 1) == y``), ``count`` (B) and ``finite`` (the loss and the new
+      parameters are all finite).
+    """
+    TRACE_COUNTS["train_step"] += 1
+    x = preprocess(images, resize)
+    dropout_key, step_key = jax.random.split(state.dropout_key)
+
+    def loss_fn(params: Any) -> tuple[jax.Array, tuple[jax.Array, Any]]:
+        logits, updates = state.apply_fn(
+            variables_of(params, state.batch_stats), x, train=True,
+            mutable=["batch_stats"], rngs={"dropout": step_key},
+        )
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+        return loss, (logits, updates.get("batch_stats", state.batch_stats))
+
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                              opt_state=opt_state, dropout_key=dropout_key)
+    metrics = {
+        "loss": loss,
+        "correct": jnp.sum(jnp.argmax(logits, axis=1) == labels).astype(jnp.int32),
+        "count": jnp.asarray(labels.shape[0], jnp.int32),
+        "finite": jnp.isfinite(loss) & _all_finite(params),
+    }
+    return new_state, metrics
+
+
+@partial(jax.jit, static_argnames=("apply_fn", "resize"))
+def _eval_correct(apply_fn: Callable[..., Any], variables: Any, images: jax.Array,
+                  labels: jax.Array, resize: int | None) -> jax.Array:
+    TRACE_COUNTS["eval_step"] += 1
+    logits = apply_fn(variables, preprocess(images, resize), train=False)
+    return jnp.sum(jnp.argmax(logits, axis=1) == labels).astype(jnp.int32)
+
+
+def eval_step(state: TrainState, images: jax.Array, labels: jax.Array, *,
+              resize: int | None = None) -> jax.Array:
+    """The number of correct predictions (int32) on a batch, in eval mode (``train=False``)."""
+    return _eval_correct(state.apply_fn, state.variables, images, labels, resize)
+
+
+def _accuracy(apply_fn: Callable[..., Any], variables: Any, dataset: Dataset, batch_size: int,
+              resize: int | None) -> float:
+    counts = [_eval_correct(apply_fn, variables, x, y, resize)
+              for x, y in dataset.batches(batch_size, shuffle=False)]
+    total = int(np.sum(jax.device_get(counts), dtype=np.int64))
+    return total / len(dataset)
+
+
+def evaluate_accuracy(model: nn.Module, variables: Any, dataset: Dataset, batch_size: int,
+                      resize: int | None = None) -> float:
+    """Fraction of ``dataset`` with ``argmax(model(x), 1) == y`` in eval mode.
+
+    ``variables`` is ``{'params': ..., 'batch_stats': ...}`` (batch_stats for BN models)."""
+    return _accuracy(model.apply, variables, dataset, batch_size, resize)
+
+
+@dataclasses.dataclass(frozen=True)
+class EpochStats:
+    """One epoch's record (one line of ``metrics.jsonl``). ``epoch`` is 1-based; ``step`` is
+    the global step at its end; ``time`` in seconds (training and test evaluation, as the book);
+    ``images_per_sec`` the training throughput; ``lr`` the epoch's learning rate."""
+
+    epoch: int
+    loss: float
+    train_acc: float
+    test_acc: float
+    time: float
+    images_per_sec: float
+    step: int
+    lr: float | None = None
+
+    def line(self) -> str:
+        """The book's line: ``epoch 1, loss 0.xxxx, train acc 0.xxx, test acc 0.xxx, time x.x
+        sec``."""
+        return (f"epoch {self.epoch}, loss {self.loss:.4f}, train acc {self.train_acc:.3f}, "
+                f"test acc {self.test_acc:.3f}, time {self.time:.1f} sec")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _non_finite(step: int, epoch: int, batch: int, nbatch: int, loss: float) -> NonFiniteError:
+    where = f"global step {step} (epoch {epoch}, batch {batch} of {nbatch})"
+    what = (f"non-finite loss ({loss}) at {where}" if not np.isfinite(loss) else
+            f"the update of {where} made the parameters non-finite (loss was {loss:.4g})")
+    return NonFiniteError(
+        f"training diverged: {what}. Nothing of epoch {epoch} was saved; lower the learning "
+        f"rate (or change the optimizer/schedule), then start again or resume from the last "
+        f"good checkpoint.", step, epoch)
+
+
+def train_epoch(state: TrainState, dataset: Dataset, *, batch_size: int, epoch: int,
+                seed: int = 0, resize: int | None = None,
+                on_step: Callable[[int, dict[str, float]], None] | None = None,
+                progress: bool | None = None) -> tuple[TrainState, dict[str, float]]:
+    """Train one epoch (``epoch`` 1-based; the shuffle order is ``(seed, epoch - 1)``).
+
+    Returns the new state and ``{'loss': mean of the batch losses, 'train_acc': correct /
+    examples, 'images': examples}``. Host syncs lag one step behind the device (the metrics of
+    step ``i`` are read after step ``i + 1`` is queued), which also checks finiteness: a bad
+    step raises :class:`NonFiniteError`. ``on_step(global_step, metrics)`` is called with each
+    step's host metrics; ``progress`` shows a tqdm bar (default: when stderr is a TTY).
+    """
+    n = len(dataset)
+    nbatch = num_batches(n, batch_size)
+    first_step = int(state.step)
+    if progress is None:
+        progress = sys.stderr.isatty()
+    bar = tqdm(total=n, desc=f"epoch {epoch}", unit="img", unit_scale=True, leave=False,
+               disable=not progress, file=sys.stderr)
+    loss_sum, correct, count = 0.0, 0, 0
+
+    def consume(i: int, m: dict[str, jax.Array]) -> None:
+        nonlocal loss_sum, correct, count
+        host = jax.device_get(m)
+        step = first_step + i + 1
+        if not bool(host["finite"]):
+            bar.close()
+            raise _non_finite(step, epoch, i + 1, nbatch, float(host["loss"]))
+        loss_sum += float(host["loss"])
+        correct += int(host["correct"])
+        count += int(host["count"])
+        bar.update(int(host["count"]))
+        if progress and i % 10 == 0:
+            bar.set_postfix(loss=f"{float(host['loss']):.4f}", refresh=False)
+        if on_step is not None:
+            on_step(step, {"loss": float(host["loss"]), "epoch": epoch, "batch": i + 1})
+
+    pending: tuple[int, dict[str, jax.Array]] | None = None
+    i = -1
+    for i, (x, y) in enumerate(dataset.batches(batch_size, shuffle=True, seed=seed,
+                                               epoch=epoch - 1)):
+        state, metrics = train_step(state, x, y, resize=resize)
+        if pending is not None:
+            consume(*pending)
+        pending = (i, metrics)
+    if pending is not None:
+        consume(*pending)
+    bar.close()
+    if i + 1 != nbatch or count != n:
+        raise RuntimeError(f"dataset gave {i + 1} batches / {count} examples, expected "
+                           f"{nbatch} / {n}")
+    return state, {"loss": loss_sum / nbatch, "train_acc": correct / count, "images": count}
+
+
+def fit(state: TrainState, train_ds: Dataset, test_ds: Dataset, *, epochs: int,
+        batch_size: int, resize: int | None = None, seed: int = 0,
+        history: Sequence[EpochStats] = (),
+        lr_of_epoch: Callable[[int], float] | None = None,
+        on_epoch_end: Callable[[TrainState, list[EpochStats]], None] | None = None,
+        on_step: Callable[[int, dict[str, float]], None] | None = None,
+        log: Callable[[str], None] | None = print,
+        progress: bool | None = None) -> tuple[TrainState, list[EpochStats]]:
+    """The book's ``train_ch5``: train epochs ``len(history) + 1 .. epochs``.
+
+    After each epoch: test accuracy in eval mode, one :class:`EpochStats` appended to the
+    history, its book line passed to ``log``, then ``on_epoch_end(state, history)`` (e.g. a
+    checkpoint; the state there is finite). ``lr_of_epoch(e)`` (0-based) is recorded in the
+    stats. Raises :class:`NonFiniteError` on NaN/inf before ``on_epoch_end`` of that epoch.
+    """
+    history = list(history)
+    for epoch in range(len(history) + 1, epochs + 1):
+        start = time.perf_counter()
+        state, train = train_epoch(state, train_ds, batch_size=batch_size, epoch=epoch,
+                                   seed=seed, resize=resize, on_step=on_step, progress=progress)
+        train_time = time.perf_counter() - start
+        test_acc = _accuracy(state.apply_fn, state.variables, test_ds, batch_size, resize)
+        elapsed = time.perf_counter() - start
+        stats = EpochStats(
+            epoch=epoch, loss=train["loss"], train_acc=train["train_acc"], test_acc=test_acc,
+            time=elapsed, images_per_sec=train["images"] / train_time, step=int(state.step),
+            lr=None if lr_of_epoch is None else float(lr_of_epoch(epoch - 1)),
+        )
+        history.append(stats)
+        if log is not None:
+            log(stats.line())
+        if on_epoch_end is not None:
+            on_epoch_end(state, history)
+    return state, history

@@ -1,0 +1,154 @@
+"""A whole run: data, state, the loop, checkpoints, metrics and curves in a workdir."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+
+from ..data import DeviceDataset, load_fashion_mnist, num_batches
+from ..models import build_model
+from ._checkpoint import CheckpointError, Checkpoints, write_config, write_metrics
+from ._config import TrainConfig, resume_conflicts
+from ._loop import Dataset, EpochStats, fit
+from ._optim import epoch_learning_rates, make_optimizer
+from ._plot import plot_history
+from ._state import TrainState, create_train_state
+
+PLOT_FILE = "curves.png"
+
+
+@dataclasses.dataclass
+class RunResult:
+    """The outcome of :func:`train`: final state, the per-epoch history, the model."""
+
+    state: TrainState
+    history: list[EpochStats]
+    model: nn.Module
+    config: TrainConfig
+
+
+def load_datasets(config: TrainConfig, data_dir: str | os.PathLike[str] | None = None,
+                  *, download: bool = True) -> tuple[DeviceDataset, DeviceDataset]:
+    """Fashion-MNIST train/test as device datasets, cut to ``limit_train``/``limit_test``."""
+    fm = load_fashion_mnist(data_dir, download=download)
+    train = DeviceDataset.from_arrays(fm.train_images[: config.limit_train],
+                                      fm.train_labels[: config.limit_train])
+    test = DeviceDataset.from_arrays(fm.test_images[: config.limit_test],
+                                     fm.test_labels[: config.limit_test])
+    return train, test
+
+
+@functools.lru_cache(maxsize=16)
+def _model_and_tx(config_json: str, steps_per_epoch: int) -> tuple[nn.Module, Any]:
+    # One model/optimizer object per configuration: the jitted steps take them as static
+    # arguments, so equal runs in one process share their compilations.
+    config = TrainConfig.from_dict(json.loads(config_json))
+    return (build_model(config.model_cfg()),
+            make_optimizer(config.optimizer, steps_per_epoch, config.epochs))
+
+
+def init_state(config: TrainConfig, steps_per_epoch: int) -> tuple[nn.Module, TrainState]:
+    """The model of ``config`` and its fresh state (``PRNGKey(seed)``, torch-default init)."""
+    key = dict(config.to_dict(), seed=0, limit_train=None, limit_test=None)
+    if config.optimizer.schedule == "constant":  # the optimizer does not depend on them
+        key["epochs"], steps_per_epoch = 1, 1
+    model, tx = _model_and_tx(json.dumps(key, sort_keys=True), steps_per_epoch)
+    in_channels = config.model_cfg().in_channels
+    shape = (1, config.input_size, config.input_size, in_channels)
+    return model, create_train_state(model, jax.random.PRNGKey(config.seed), shape, tx)
+
+
+def load_checkpoint(workdir: str | os.PathLike[str],
+                    epoch: int | None = None) -> tuple[nn.Module, TrainState, dict[str, Any]]:
+    """``(model, state, meta)`` of a workdir's checkpoint (default: the latest); ``meta`` has
+    ``epoch``, ``history`` and ``config`` (a dict; :meth:`TrainConfig.from_dict`)."""
+    with Checkpoints(workdir) as ckpt:
+        meta = ckpt.read_meta(epoch)
+        config = TrainConfig.from_dict(meta["config"])
+        model, template = init_state(config, int(meta.get("steps_per_epoch", 1)))
+        state, meta = ckpt.restore(template, meta["epoch"])
+    return model, state, meta
+
+
+def train(config: TrainConfig, workdir: str | os.PathLike[str] | None = None, *,
+          resume: bool = False, keep: int = 3, data_dir: str | os.PathLike[str] | None = None,
+          plot: bool = False, log: Callable[[str], None] | None = print, log_every: int = 0,
+          progress: bool | None = None,
+          datasets: tuple[Dataset, Dataset] | None = None) -> RunResult:
+    """Train ``config`` as the book does, checkpointing every epoch into ``workdir``.
+
+    With ``workdir``: ``checkpoints/<epoch>`` (the newest ``keep``), ``metrics.jsonl``,
+    ``config.json`` and, with ``plot``, ``curves.png``. ``resume`` continues from the latest
+    checkpoint (its config must equal ``config`` except for more ``epochs``); without it a
+    workdir that already has checkpoints is refused. ``datasets`` replaces Fashion-MNIST
+    (``(train, test)``, e.g. synthetic ones). ``log_every=N`` logs every N-th step's loss.
+    Raises :class:`CheckpointError` and :class:`~jaxcnn.training.NonFiniteError`.
+    """
+    if (resume or plot) and workdir is None:
+        raise CheckpointError("resume and plot need a workdir")
+    ckpt = Checkpoints(workdir, keep) if workdir is not None else None
+    try:
+        latest = ckpt.latest_epoch() if ckpt else None
+        if resume and latest is None:
+            raise CheckpointError(f"nothing to resume: no checkpoint in {ckpt.directory}")
+        if not resume and latest is not None:
+            raise CheckpointError(f"{workdir} already holds checkpoints (latest epoch {latest}); "
+                                  f"pass --resume to continue, or pick a new --workdir")
+        if resume:
+            saved = TrainConfig.from_dict(ckpt.read_meta(latest)["config"])
+            problems = resume_conflicts(saved, config, latest)
+            if problems:
+                raise CheckpointError(f"cannot resume {workdir} with these settings:\n  "
+                                      + "\n  ".join(problems))
+
+        train_ds, test_ds = datasets or load_datasets(config, data_dir)
+        steps_per_epoch = num_batches(len(train_ds), config.batch_size)
+        model, state = init_state(config, steps_per_epoch)
+        history: list[EpochStats] = []
+        if resume:
+            state, meta = ckpt.restore(state, latest)
+            if meta.get("steps_per_epoch", steps_per_epoch) != steps_per_epoch:
+                raise CheckpointError(f"the checkpoint had {meta['steps_per_epoch']} steps per "
+                                      f"epoch, this data gives {steps_per_epoch}")
+            history = [EpochStats(**h) for h in meta["history"]]
+            write_metrics(workdir, history)
+            if log:
+                log(f"resumed {workdir} at epoch {latest} (global step {int(state.step)})")
+        if workdir is not None:
+            Path(workdir).mkdir(parents=True, exist_ok=True)
+            write_config(workdir, config)
+
+        def on_epoch_end(state: TrainState, history: list[EpochStats]) -> None:
+            if ckpt is None:
+                return
+            ckpt.save(history[-1].epoch, state, history, config,
+                      extra={"steps_per_epoch": steps_per_epoch})
+            write_metrics(workdir, history)
+
+        def on_step(step: int, m: dict[str, float]) -> None:
+            if log and log_every and step % log_every == 0:
+                log(f"step {step} (epoch {m['epoch']}, batch {m['batch']}/{steps_per_epoch}): "
+                    f"loss {m['loss']:.4f}")
+
+        lrs = epoch_learning_rates(config.optimizer, config.epochs)
+        state, history = fit(
+            state, train_ds, test_ds, epochs=config.epochs, batch_size=config.batch_size,
+            resize=config.resize, seed=config.seed, history=history,
+            lr_of_epoch=lambda e: lrs[min(e, len(lrs) - 1)], on_epoch_end=on_epoch_end,
+            on_step=on_step, log=log, progress=progress)
+    finally:
+        if ckpt is not None:
+            ckpt.close()
+    if plot and history:
+        path = plot_history(history, Path(workdir) / PLOT_FILE, title=config.model)
+        if log:
+            log(f"curves: {path}")
+    return RunResult(state, history, model, config)
