@@ -5,7 +5,7 @@ PyTorch models' structure, so their variables convert to and from torch state di
 (:mod:`jaxcnn.convert`). This package never imports torch.
 """
 
-from . import convert, layers, registry, testing, traversal
+from . import convert, inspect, layers, registry, testing, traversal
 from ._layout import nchw_to_nhwc, nhwc_to_nchw
 from .convert import (
     StateDictError,
@@ -14,6 +14,7 @@ from .convert import (
     save_safetensors,
     to_torch_state_dict,
 )
+from .inspect import Summary, summary, torch_style_repr
 from .models import build_model, create_model, input_shape
 from .registry import list_models, make_config
 from .traversal import (
@@ -31,6 +32,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "StateDictError",
+    "Summary",
     "__version__",
     "buffers",
     "build_model",
@@ -39,6 +41,7 @@ __all__ = [
     "create_model",
     "from_torch_state_dict",
     "input_shape",
+    "inspect",
     "layers",
     "list_models",
     "load_safetensors",
@@ -53,7 +56,9 @@ __all__ = [
     "parameters",
     "registry",
     "save_safetensors",
+    "summary",
     "testing",
     "to_torch_state_dict",
+    "torch_style_repr",
     "traversal",
 ]

@@ -103,6 +103,15 @@ class NiNConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class SeedExampleConfig:
+    """The seed notes' ``modules()`` example ``Model``: conv1, conv2 (3x3), maxpool1 (2x2), then
+    ``features = Sequential(OrderedDict(conv3, conv4, relu1))``. No classifier head: the output
+    is a feature map, ``(N, 128, 10, 10)`` for a 32x32 input."""
+
+    in_channels: int = 3
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelSpec:
     """A registered model.
 
@@ -113,6 +122,8 @@ class ModelSpec:
       description: one line for listings.
       test_cases: ``(config overrides, input size)`` pairs that the test suites run; the first
         is the default config.
+      classifier: whether the output is ``(N, num_classes)`` logits (a cross-entropy applies);
+        False for a model that returns a feature map.
     """
 
     name: str
@@ -120,6 +131,7 @@ class ModelSpec:
     input_size: int
     description: str
     test_cases: tuple[tuple[dict[str, Any], int], ...]
+    classifier: bool = True
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -171,8 +183,11 @@ for _spec in (
               (({"bn": "torch"}, 28), ({"bn": "scratch"}, 28))),
     ModelSpec("alexnet", AlexNetConfig, 224, "AlexNet (ch. 5.6)", (({}, 224),)),
     ModelSpec("vgg11", VGG11Config, 224, "VGG-11, widths divided by ratio (ch. 5.7)",
-              (({"ratio": 8}, 224), ({}, 224))),
+              (({"ratio": 8}, 224),)),
     ModelSpec("vgg", VGGConfig, 224, "VGG with any conv_arch (ch. 5.7)", ((_SMALL_VGG, 28),)),
     ModelSpec("nin", NiNConfig, 224, "Network in Network (ch. 5.8)", (({}, 224),)),
+    ModelSpec("seed_example", SeedExampleConfig, 32,
+              "The seed notes' modules() example (feature map, no classifier)", (({}, 32),),
+              classifier=False),
 ):
     register(_spec)

@@ -17,6 +17,8 @@ from torch import nn
 from jaxcnn.registry import list_models, make_config
 
 from ._book import BUILDERS, AlexNet, BatchNorm, FlattenLayer, GlobalAvgPool2d, LeNet, batch_norm
+from ._seed_example import Model
+from ._summary import Call, record_calls, summary
 
 
 def build_model(config: Any) -> nn.Module:
@@ -47,7 +49,7 @@ def fixed_dropout_masks(model: nn.Module, masks: Mapping[str, Any]) -> Iterator[
     handles = []
 
     def hook_for(name: str, p: float):
-        mask = torch.as_tensor(np.asarray(masks[name]))
+        mask = torch.as_tensor(np.array(masks[name], dtype=bool))
 
         def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor):
             if not module.training:
@@ -79,6 +81,7 @@ def fixed_dropout_masks(model: nn.Module, masks: Mapping[str, Any]) -> Iterator[
 
 
 __all__ = [
-    "AlexNet", "BatchNorm", "FlattenLayer", "GlobalAvgPool2d", "LeNet", "batch_norm",
-    "build_model", "create_model", "fixed_dropout_masks", "list_models",
+    "AlexNet", "BatchNorm", "Call", "FlattenLayer", "GlobalAvgPool2d", "LeNet", "Model",
+    "batch_norm", "build_model", "create_model", "fixed_dropout_masks", "list_models",
+    "record_calls", "summary",
 ]

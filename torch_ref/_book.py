@@ -10,9 +10,12 @@ from jaxcnn.registry import (
     LeNetBNConfig,
     LeNetConfig,
     NiNConfig,
+    SeedExampleConfig,
     VGG11Config,
     VGGConfig,
 )
+
+from ._seed_example import Model
 
 
 class FlattenLayer(nn.Module):
@@ -205,5 +208,6 @@ BUILDERS = {
     VGGConfig: vgg,
     VGG11Config: vgg,
     NiNConfig: nin,
+    SeedExampleConfig: Model,
 }
 

@@ -51,7 +51,7 @@ class _TorchBatchNorm(Layer):
     def extra_repr(self) -> str:
         return (
             f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
-            f"affine={self.affine}, track_running_stats=True"
+            f"affine={self.affine}, bias={self.affine}, track_running_stats=True"
         )
 
     @nn.compact

@@ -18,6 +18,7 @@ from ._book import (
     vgg,
     vgg_block,
 )
+from ._seed_example import SeedExample, seed_example
 
 
 def build_model(config: Any) -> nn.Module:
@@ -46,6 +47,6 @@ def input_shape(name: str, batch: int = 1, **config: Any) -> tuple[int, int, int
 
 
 __all__ = [
-    "ConvThenFC", "alexnet", "build_model", "create_model", "input_shape", "lenet", "lenet_bn",
-    "list_models", "nin", "nin_block", "vgg", "vgg_block",
+    "ConvThenFC", "SeedExample", "alexnet", "build_model", "create_model", "input_shape", "lenet",
+    "lenet_bn", "list_models", "nin", "nin_block", "seed_example", "vgg", "vgg_block",
 ]

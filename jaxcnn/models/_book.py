@@ -30,9 +30,11 @@ from ..registry import (
     LeNetBNConfig,
     LeNetConfig,
     NiNConfig,
+    SeedExampleConfig,
     VGG11Config,
     VGGConfig,
 )
+from ._seed_example import seed_example
 
 
 class ConvThenFC(nn.Module):
@@ -41,6 +43,7 @@ class ConvThenFC(nn.Module):
 
     conv: Sequential
     fc: Sequential
+    torch_type: str = "ConvThenFC"  # torch's class name, for reprs and summaries
 
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         feature = self.conv(x, train=train)
@@ -58,6 +61,7 @@ def lenet(cfg: LeNetConfig) -> ConvThenFC:
             Linear(16 * 4 * 4, 120), Sigmoid(), Linear(120, 84), Sigmoid(),
             Linear(84, cfg.num_classes),
         ),
+        torch_type="LeNet",
     )
 
 
@@ -97,6 +101,7 @@ def alexnet(cfg: AlexNetConfig) -> ConvThenFC:
             Linear(4096, 4096), ReLU(), Dropout(0.5),
             Linear(4096, cfg.num_classes),
         ),
+        torch_type="AlexNet",
     )
 
 
@@ -156,4 +161,5 @@ BUILDERS = {
     VGGConfig: vgg,
     VGG11Config: vgg,
     NiNConfig: nin,
+    SeedExampleConfig: seed_example,
 }
