@@ -7,12 +7,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ._args import positive_int
 from .train import (
     add_model_args,
     check_input_size,
     enable_compilation_cache,
     model_config,
-    positive_int,
 )
 
 EPILOG = """\

@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .train import enable_compilation_cache, positive_int
+from ._args import positive_int
+from .train import enable_compilation_cache
 
 EPILOG = """\
 examples:

@@ -7,6 +7,7 @@ import json
 import sys
 from typing import Any
 
+from ._args import positive_int
 from .summary import add_model_arguments, model_config
 
 EPILOG = """\
@@ -21,16 +22,6 @@ weights and input and each layer's output is compared with jaxcnn.testing's tole
 (max|diff| <= rtol * max(1, max|torch|)). The first row over tolerance is marked '>>'.
 Exit status: 0 when everything agrees, 1 otherwise, 2 for a usage error. Needs torch.
 """
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
 
 
 def register(subparsers: Any) -> None:
@@ -49,10 +40,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--grad", action="store_true",
                    help="also compare the cotangents of each layer's output and input and "
                         "the parameter gradients")
-    p.add_argument("--batch", type=_positive,
+    p.add_argument("--batch", type=positive_int,
                    help="batch size (default: 32 for a model with BatchNorm, else 2)")
     p.add_argument("--seed", type=int, default=0, help="torch init, input and labels (default 0)")
-    p.add_argument("--input-size", type=_positive, metavar="PIXELS",
+    p.add_argument("--input-size", type=positive_int, metavar="PIXELS",
                    help="input height = width (default: the registry's)")
     p.add_argument("--rtol", type=float, default=None,
                    help="relative tolerance of jaxcnn.testing (default its DEFAULT_RTOL)")

@@ -9,6 +9,8 @@ import json
 import sys
 from typing import Any
 
+from ._args import non_negative_int
+
 EPILOG = """\
 examples:
   jaxcnn summary nin --input-shape 1,1,224,224     # the seed notes' NiN listing (depth 1)
@@ -92,13 +94,7 @@ def _shape(text: str) -> tuple[int, ...]:
 
 
 def _depth(text: str) -> int | None:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value or None
+    return non_negative_int(text) or None
 
 
 def register(subparsers: Any) -> None:

@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ._args import non_negative_int, positive_float, positive_int
+
 EPILOG = """\
 presets (the book's chapter-5 runs; Adam, 5 epochs; any flag overrides them):
 {presets}
@@ -26,36 +28,6 @@ metrics go to WORKDIR/metrics.jsonl; --resume continues from the latest checkpoi
 identical results to an uninterrupted run. A NaN/inf loss stops the run, naming the step,
 and leaves the last good checkpoint as it was.
 """
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
 
 
 def non_negative_float(text: str) -> float:
