@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +24,120 @@ def pool_output_size(size: int, kernel: int, stride: int, padding: int, ceil_mod
     else:
         out = span // stride + 1
     return out
+
+
+Pads = tuple[tuple[int, int], tuple[int, int]]
+
+
+def _window_taps(xp: jax.Array, k: tuple[int, int], s: tuple[int, int],
+                 outs: tuple[int, int]) -> list[jax.Array]:
+    """The ``k[0] * k[1]`` strided views ``(N, oh, ow, C)`` of a padded input, in torch's scan
+    order (window row, then column): tap ``i * k[1] + j`` is element ``(i, j)`` of every
+    window."""
+    n, _, _, c = xp.shape
+    return [
+        lax.slice(xp, (0, i, j, 0), (n, i + (outs[0] - 1) * s[0] + 1,
+                                      j + (outs[1] - 1) * s[1] + 1, c), (1, *s, 1))
+        for i in range(k[0]) for j in range(k[1])
+    ]
+
+
+def materialize(*arrays: jax.Array) -> tuple[jax.Array, ...]:
+    """The arrays themselves, each computed once.
+
+    XLA's CPU fusion would otherwise inline their producers (the window index; the incoming
+    gradient, e.g. a convolution's col2im sum) into every element that reads them: ``kh * kw``
+    times per value. A conditional is a fusion boundary: its predicate is always true, but only
+    known at run time, and its other branch (zeros, never taken) differs, so XLA keeps it.
+    Other backends get the arrays unchanged.
+    """
+    def barrier(*vs: jax.Array) -> tuple[jax.Array, ...]:
+        p = vs[0].reshape(-1)[0].astype(jnp.float32)
+        return lax.cond(jnp.isnan(p) | (p == p), lambda *u: u,
+                        lambda *u: tuple(jnp.zeros_like(a) for a in u), *vs)
+
+    def identity(*vs: jax.Array) -> tuple[jax.Array, ...]:
+        return vs
+
+    return tuple(lax.platform_dependent(*arrays, cpu=barrier, default=identity))
+
+
+def _first_max_index(xp: jax.Array, y: jax.Array, k: tuple[int, int], s: tuple[int, int]
+                     ) -> jax.Array:
+    """The tap of each window that torch's max pooling picks (int32 ``(N, oh, ow, C)``).
+
+    ATen scans a window row by row and takes a value when ``val > max || isnan(val)``: the
+    first maximum wins a tie, the last NaN wins over everything.
+    """
+    taps = _window_taps(xp, k, s, y.shape[1:3])
+    idx = jnp.zeros(y.shape, jnp.int32)
+    for t in reversed(range(len(taps))):
+        idx = jnp.where(taps[t] == y, t, idx)
+    for t in range(1, len(taps)):
+        idx = jnp.where(jnp.isnan(taps[t]), t, idx)
+    return idx
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def max_pool_nhwc(x: jax.Array, kernel: tuple[int, int], stride: tuple[int, int],
+                  pads: Pads) -> jax.Array:
+    """Max pooling of NHWC ``x`` (``pads``: ``((top, bottom), (left, right))``, -inf), with
+    torch's gradient: each window's gradient goes to the element torch picks (see
+    :func:`_first_max_index`), also on ties.
+
+    The forward pass is the maximum of the window's strided views and the backward pass writes
+    each view's share directly: both are plain elementwise loops for XLA, where
+    ``reduce_window`` and its ``select_and_scatter`` gradient are slow on CPU.
+    """
+    return _max_pool_fwd(x, kernel, stride, pads)[0]
+
+
+def _pad_input(x: jax.Array, pads: Pads) -> jax.Array:
+    if not any(lo or hi for lo, hi in pads):
+        return x
+    return lax.pad(x, np.array(-np.inf, x.dtype), ((0, 0, 0), (*pads[0], 0), (*pads[1], 0),
+                                                    (0, 0, 0)))
+
+
+def _max_pool_fwd(x: jax.Array, kernel: tuple[int, int], stride: tuple[int, int],
+                  pads: Pads) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    xp = _pad_input(x, pads)
+    outs = tuple((xp.shape[1 + a] - kernel[a]) // stride[a] + 1 for a in range(2))
+    taps = _window_taps(xp, kernel, stride, outs)
+    y = taps[0]
+    for t in taps[1:]:
+        y = lax.max(y, t)  # propagates NaN, as torch
+    return y, (x, y)
+
+
+def _max_pool_bwd(kernel: tuple[int, int], stride: tuple[int, int], pads: Pads,
+                  res: tuple[jax.Array, jax.Array], g: jax.Array) -> tuple[jax.Array]:
+    x, y = res
+    xp = _pad_input(x, pads)
+    (kh, kw), (sh, sw) = kernel, stride
+    n, hp, wp, c = xp.shape
+    oh, ow = y.shape[1:3]
+    g, idx = materialize(g, _first_max_index(xp, y, kernel, stride))
+    # The gradient of each window element, (N, oh, kh, ow, kw, C): non-zero at the chosen tap.
+    tap = np.arange(kh * kw, dtype=np.int32).reshape(1, 1, kh, 1, kw, 1)
+    zero = np.array(0, g.dtype)
+    share = jnp.where(idx[:, :, None, :, None, :] == tap, g[:, :, None, :, None, :], zero)
+    if kernel == stride:  # disjoint windows tile the top-left of the input
+        dxp = share.reshape(n, oh * kh, ow * kw, c)
+        dxp = lax.pad(dxp, zero, ((0, 0, 0), (0, hp - oh * kh, 0), (0, wp - ow * kw, 0),
+                                  (0, 0, 0)))
+    else:
+        dxp = jnp.zeros(xp.shape, g.dtype)
+        for i in range(kh):
+            for j in range(kw):
+                dxp = dxp + lax.pad(share[:, :, i, :, j, :], zero, (
+                    (0, 0, 0), (i, hp - i - (oh - 1) * sh - 1, sh - 1),
+                    (j, wp - j - (ow - 1) * sw - 1, sw - 1), (0, 0, 0)))
+    (top, _), (left, _) = pads
+    return (dxp[:, top:top + x.shape[1], left:left + x.shape[2], :],)
+
+
+max_pool_nhwc.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
 class _Pool2d(Layer):
@@ -74,12 +189,7 @@ class MaxPool2d(_Pool2d):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         k, s, p, outs = self._geometry(x)
         pads = [self._pads(x.shape[1 + i], k[i], s[i], p[i], outs[i]) for i in range(2)]
-        # A numpy (concrete) init value lets JAX recognise the max monoid, which is what makes
-        # the pooling differentiable under jit.
-        init = np.array(-np.inf, x.dtype)
-        return lax.reduce_window(
-            x, init, lax.max, (1, *k, 1), (1, *s, 1), ((0, 0), *pads, (0, 0))
-        )
+        return max_pool_nhwc(x, tuple(k), tuple(s), tuple(pads))
 
 
 class AvgPool2d(_Pool2d):
@@ -151,5 +261,5 @@ class GlobalAvgPool2d(Layer):
 
 __all__ = [
     "AdaptiveAvgPool2d", "AvgPool2d", "GlobalAvgPool2d", "MaxPool2d", "ShapeError",
-    "adaptive_bins", "pool_output_size",
+    "adaptive_bins", "materialize", "max_pool_nhwc", "pool_output_size",
 ]
