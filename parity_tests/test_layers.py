@@ -219,3 +219,13 @@ def test_book_batchnorm_matches_book_formula() -> None:
         # moving_var followed the biased variance: 1 - 0.9**3 of a ~9 variance
         assert 0.2 * 9 < float(got["moving_var"].mean()) < 0.35 * 9
         _check(jbn, tbn.eval(), shape, f"book BatchNorm({num_dims}-D) eval")
+
+
+def test_conv2d_large_layer_gradients(monkeypatch) -> None:
+    """Layers whose im2col matrix exceeds PATCHES_LIMIT take XLA's own gradients."""
+    from jaxcnn.layers import _linear
+
+    monkeypatch.setattr(_linear, "PATCHES_LIMIT", 0)
+    torch.manual_seed(0)
+    _check(L.Conv2d(3, 5, 3, 2, 1), tnn.Conv2d(3, 5, 3, 2, 1), (2, 13, 12, 3),
+           "Conv2d(3, 5, k=3, s=2, p=1) through XLA's gradients")
