@@ -98,6 +98,19 @@ def test_killed_and_resumed_equals_uninterrupted(runs):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))  # bitwise
 
 
+def test_steps_per_call_trains_as_the_step_by_step_run(runs, env, tmp_path):
+    full, _ = runs
+    out = tmp_path / "scan"
+    done = _jaxcnn(env, "train", *RUN, "--workdir", str(out), "--steps-per-call", "6")
+    assert done.returncode == 0, done.stderr
+    got, want = _metrics(out), _metrics(full)
+    assert [m["step"] for m in got] == [m["step"] for m in want] == [16, 32, 48]
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-5)
+        assert abs(a["train_acc"] - b["train_acc"]) <= 1 / 2000  # one image, at most
+        assert abs(a["test_acc"] - b["test_acc"]) <= 1 / 256
+
+
 def test_resume_finished_run_and_more_epochs(runs, capsys):
     full, _ = runs
     assert main(["train", "--workdir", str(full), "--resume"]) == 0

@@ -21,6 +21,7 @@ from jaxcnn.training import (
     NonFiniteError,
     OptimizerConfig,
     TrainConfig,
+    chunk_indices,
     create_train_state,
     epoch_learning_rates,
     evaluate_accuracy,
@@ -35,6 +36,7 @@ from jaxcnn.training import (
     train,
     train_epoch,
     train_step,
+    train_steps,
 )
 
 TIMING = ("time", "images_per_sec")
@@ -267,6 +269,71 @@ def test_epoch_bookkeeping_against_hand_computation(lenet_setup, datasets):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def test_chunk_indices_cover_the_full_batches_in_order():
+    order = np.arange(23)[::-1]
+    blocks = chunk_indices(order, 4, 2)
+    assert [b.shape for b in blocks] == [(2, 4), (2, 4), (1, 4)]
+    assert all(b.dtype == np.int32 for b in blocks)
+    np.testing.assert_array_equal(np.concatenate(blocks).ravel(), order[:20])
+    with pytest.raises(ValueError, match="steps_per_call"):
+        chunk_indices(order, 4, 0)
+
+
+@pytest.mark.parametrize("model_name, steps_per_call, opt", [
+    ("lenet", 2, OptimizerConfig("adam", 0.01)),
+    ("lenet", 7, OptimizerConfig("adam", 0.01)),
+    # SGD: the conv/linear biases in front of a BatchNorm get float32 noise as gradient
+    # (~1e-9: BN removes any shift), which Adam scales up to +-lr whichever way it points.
+    ("lenet_bn", 3, OptimizerConfig("sgd", 0.1, momentum=0.9)),
+])
+def test_steps_per_call_trains_exactly_as_one_step_per_call(datasets, model_name,
+                                                             steps_per_call, opt):
+    """Several updates per compiled call (lax.scan, batches gathered on the device): the same
+    batches in the same order, the same updates (BN statistics and dropout keys included), the
+    same epoch metrics and per-step callbacks."""
+    train_ds, _ = datasets
+    model = create_model(model_name)
+    tx = make_optimizer(opt, 5, 3)
+    runs = []
+    for k in (1, steps_per_call):
+        state = create_train_state(model, jax.random.PRNGKey(0), (1, 28, 28, 1), tx)
+        seen: list[tuple[int, float]] = []
+        state, stats = train_epoch(state, train_ds, batch_size=BATCH, epoch=2, seed=3,
+                                   progress=False, steps_per_call=k,
+                                   on_step=lambda s, m, seen=seen: seen.append((s, m["loss"])))
+        runs.append((state, stats, seen))
+    (a, stats_a, seen_a), (b, stats_b, seen_b) = runs
+    assert int(b.step) == int(a.step) == 5 and stats_b["images"] == stats_a["images"]
+    assert [s for s, _ in seen_b] == [s for s, _ in seen_a] == [1, 2, 3, 4, 5]
+    np.testing.assert_allclose([v for _, v in seen_b], [v for _, v in seen_a], rtol=1e-5)
+    assert stats_b["train_acc"] == stats_a["train_acc"]
+    np.testing.assert_array_equal(np.asarray(b.dropout_key), np.asarray(a.dropout_key))
+    for x, y in zip(jax.tree.leaves((a.params, a.batch_stats)),
+                    jax.tree.leaves((b.params, b.batch_stats)), strict=True):
+        np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=1e-5, atol=1e-6)
+
+
+def test_train_steps_returns_per_step_metrics_and_refuses_flat_indices(lenet_setup, datasets):
+    train_ds, _ = datasets
+    state = _fresh(lenet_setup)
+    idx = jnp.arange(3 * 16, dtype=jnp.int32).reshape(3, 16)
+    state, m = train_steps(state, train_ds.images, train_ds.labels, idx)
+    assert int(state.step) == 3 and m["loss"].shape == (3,)
+    np.testing.assert_array_equal(np.asarray(m["count"]), [16, 16, 16])
+    with pytest.raises(ValueError, match=r"\(steps, batch\)"):
+        train_steps(state, train_ds.images, train_ds.labels, idx.ravel())
+
+
+def test_steps_per_call_needs_device_data(lenet_setup):
+    class HostData:
+        def __len__(self):
+            return 8
+
+    with pytest.raises(TypeError, match="DeviceDataset"):
+        train_epoch(_fresh(lenet_setup), HostData(), batch_size=4, epoch=1, progress=False,
+                    steps_per_call=2)
+
+
 def test_no_recompilation_after_first_epoch(lenet_setup, datasets):
     train_ds, test_ds = datasets
     batch = 96  # a batch size no other test uses: 7 batches, the last of 24
@@ -394,6 +461,9 @@ def test_nan_stops_naming_the_step_and_keeps_last_checkpoint(lenet_setup, datase
     def save(state, history):
         ckpt.save(history[-1].epoch, state, history, config)
 
+    with pytest.raises(NonFiniteError, match=r"global step 7 \(epoch 2, batch 2 of 5\)"):
+        fit(state, train_ds, test_ds, epochs=3, batch_size=BATCH, log=None, progress=False,
+            steps_per_call=3)  # the bad step is found inside a call of several
     with pytest.raises(NonFiniteError, match=r"global step 7 \(epoch 2, batch 2 of 5\)") as e:
         fit(state, train_ds, test_ds, epochs=3, batch_size=BATCH, on_epoch_end=save,
             log=None, progress=False)

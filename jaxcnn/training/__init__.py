@@ -27,7 +27,9 @@ from ._loop import (
     fit,
     train_epoch,
     train_step,
+    update,
 )
+from ._multistep import chunk_indices, train_steps
 from ._optim import (
     OPTIMIZERS,
     SCHEDULES,
@@ -53,6 +55,7 @@ __all__ = [
     "RunResult",
     "TrainConfig",
     "TrainState",
+    "chunk_indices",
     "create_train_state",
     "default_resize",
     "epoch_learning_rates",
@@ -72,6 +75,8 @@ __all__ = [
     "train",
     "train_epoch",
     "train_step",
+    "train_steps",
+    "update",
     "variables_of",
     "write_metrics",
 ]

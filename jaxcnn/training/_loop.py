@@ -11,7 +11,7 @@ import collections
 import dataclasses
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import partial
 from typing import Any, Protocol
 
@@ -22,7 +22,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from ..data import num_batches, preprocess
+from ..data import epoch_order, num_batches, preprocess
 from ._state import TrainState, variables_of
 
 #: How often each jitted function was traced (a Python side effect, so it counts compilations).
@@ -68,6 +68,12 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, *,
       parameters are all finite).
     """
     TRACE_COUNTS["train_step"] += 1
+    return update(state, images, labels, resize)
+
+
+def update(state: TrainState, images: jax.Array, labels: jax.Array, resize: int | None
+           ) -> tuple[TrainState, dict[str, jax.Array]]:
+    """The traceable body of :func:`train_step` (not jitted: for ``lax.scan`` and the like)."""
     x = preprocess(images, resize)
     dropout_key, step_key = jax.random.split(state.dropout_key)
 
@@ -161,7 +167,8 @@ def _non_finite(step: int, epoch: int, batch: int, nbatch: int, loss: float) -> 
 def train_epoch(state: TrainState, dataset: Dataset, *, batch_size: int, epoch: int,
                 seed: int = 0, resize: int | None = None,
                 on_step: Callable[[int, dict[str, float]], None] | None = None,
-                progress: bool | None = None) -> tuple[TrainState, dict[str, float]]:
+                progress: bool | None = None, steps_per_call: int = 1
+                ) -> tuple[TrainState, dict[str, float]]:
     """Train one epoch (``epoch`` 1-based; the shuffle order is ``(seed, epoch - 1)``).
 
     Returns the new state and ``{'loss': mean of the batch losses, 'train_acc': correct /
@@ -169,6 +176,10 @@ def train_epoch(state: TrainState, dataset: Dataset, *, batch_size: int, epoch: 
     step ``i`` are read after step ``i + 1`` is queued), which also checks finiteness: a bad
     step raises :class:`NonFiniteError`. ``on_step(global_step, metrics)`` is called with each
     step's host metrics; ``progress`` shows a tqdm bar (default: when stderr is a TTY).
+
+    ``steps_per_call > 1`` (a :class:`~jaxcnn.data.DeviceDataset` only) runs the full batches
+    ``steps_per_call`` at a time in one compiled call (:func:`~jaxcnn.training.train_steps`),
+    in the same order and with the same updates; host syncs then happen once per call.
     """
     n = len(dataset)
     nbatch = num_batches(n, batch_size)
@@ -179,9 +190,17 @@ def train_epoch(state: TrainState, dataset: Dataset, *, batch_size: int, epoch: 
                disable=not progress, file=sys.stderr)
     loss_sum, correct, count = 0.0, 0, 0
 
-    def consume(i: int, m: dict[str, jax.Array]) -> None:
+    steps_done = 0
+
+    def consume(_: int, stacked: dict[str, jax.Array]) -> None:
+        nonlocal steps_done
+        host = jax.device_get(stacked)
+        for k in range(len(host["loss"])):
+            consume_one(steps_done, {key: v[k] for key, v in host.items()})
+            steps_done += 1
+
+    def consume_one(i: int, host: dict[str, Any]) -> None:
         nonlocal loss_sum, correct, count
-        host = jax.device_get(m)
         step = first_step + i + 1
         if not bool(host["finite"]):
             bar.close()
@@ -195,21 +214,51 @@ def train_epoch(state: TrainState, dataset: Dataset, *, batch_size: int, epoch: 
         if on_step is not None:
             on_step(step, {"loss": float(host["loss"]), "epoch": epoch, "batch": i + 1})
 
+    from ._multistep import train_steps  # it builds on this module's update()
+
     pending: tuple[int, dict[str, jax.Array]] | None = None
     i = -1
-    for i, (x, y) in enumerate(dataset.batches(batch_size, shuffle=True, seed=seed,
-                                               epoch=epoch - 1)):
-        state, metrics = train_step(state, x, y, resize=resize)
+    for i, batch in enumerate(_calls(dataset, batch_size, seed, epoch, steps_per_call)):
+        if len(batch) == 2:
+            state, metrics = train_step(state, *batch, resize=resize)
+            metrics = jax.tree.map(lambda a: a[None], metrics)
+        else:
+            state, metrics = train_steps(state, *batch, resize=resize)
         if pending is not None:
             consume(*pending)
         pending = (i, metrics)
     if pending is not None:
         consume(*pending)
+    i = steps_done - 1
     bar.close()
     if i + 1 != nbatch or count != n:
         raise RuntimeError(f"dataset gave {i + 1} batches / {count} examples, expected "
                            f"{nbatch} / {n}")
     return state, {"loss": loss_sum / nbatch, "train_acc": correct / count, "images": count}
+
+
+def _calls(dataset: Dataset, batch_size: int, seed: int, epoch: int, steps_per_call: int
+           ) -> Iterator[tuple[jax.Array, ...]]:
+    """The epoch's work: ``(images, labels)`` batches for :func:`train_step`, or, with
+    ``steps_per_call > 1``, ``(images, labels, indices)`` blocks for ``train_steps`` then the
+    partial last batch, in :meth:`DeviceDataset.batches` order."""
+    from ._multistep import chunk_indices
+
+    if steps_per_call == 1:
+        yield from dataset.batches(batch_size, shuffle=True, seed=seed, epoch=epoch - 1)
+        return
+    images, labels = getattr(dataset, "images", None), getattr(dataset, "labels", None)
+    if not isinstance(images, jax.Array) or not isinstance(labels, jax.Array):
+        raise TypeError(f"steps_per_call={steps_per_call} needs the data on the device "
+                        f"(jaxcnn.data.DeviceDataset), got {type(dataset).__name__}")
+    n = len(dataset)
+    order = epoch_order(seed, epoch - 1, n).astype(np.int32)
+    for block in chunk_indices(order, batch_size, steps_per_call):
+        yield images, labels, jnp.asarray(block)
+    rest = order[n // batch_size * batch_size:]
+    if len(rest):
+        idx = jnp.asarray(rest)
+        yield images[idx], labels[idx]
 
 
 def fit(state: TrainState, train_ds: Dataset, test_ds: Dataset, *, epochs: int,
@@ -219,19 +268,22 @@ def fit(state: TrainState, train_ds: Dataset, test_ds: Dataset, *, epochs: int,
         on_epoch_end: Callable[[TrainState, list[EpochStats]], None] | None = None,
         on_step: Callable[[int, dict[str, float]], None] | None = None,
         log: Callable[[str], None] | None = print,
-        progress: bool | None = None) -> tuple[TrainState, list[EpochStats]]:
+        progress: bool | None = None, steps_per_call: int = 1
+        ) -> tuple[TrainState, list[EpochStats]]:
     """The book's ``train_ch5``: train epochs ``len(history) + 1 .. epochs``.
 
     After each epoch: test accuracy in eval mode, one :class:`EpochStats` appended to the
     history, its book line passed to ``log``, then ``on_epoch_end(state, history)`` (e.g. a
     checkpoint; the state there is finite). ``lr_of_epoch(e)`` (0-based) is recorded in the
     stats. Raises :class:`NonFiniteError` on NaN/inf before ``on_epoch_end`` of that epoch.
+    ``steps_per_call``: see :func:`train_epoch`.
     """
     history = list(history)
     for epoch in range(len(history) + 1, epochs + 1):
         start = time.perf_counter()
         state, train = train_epoch(state, train_ds, batch_size=batch_size, epoch=epoch,
-                                   seed=seed, resize=resize, on_step=on_step, progress=progress)
+                                   seed=seed, resize=resize, on_step=on_step, progress=progress,
+                                   steps_per_call=steps_per_call)
         train_time = time.perf_counter() - start
         test_acc = _accuracy(state.apply_fn, state.variables, test_ds, batch_size, resize)
         elapsed = time.perf_counter() - start
