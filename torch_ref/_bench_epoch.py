@@ -1,0 +1,113 @@
+"""One epoch of the book's loop in both frameworks, data preparation included (used by
+:mod:`torch_ref.bench`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+
+import jax
+import numpy as np
+import torch
+
+from jaxcnn.data import DeviceDataset, epoch_order, load_fashion_mnist, num_batches
+from jaxcnn.training import PRESETS, OptimizerConfig, fit, init_state
+
+from . import create_model
+
+
+@dataclasses.dataclass
+class EpochRow:
+    """One epoch of the book's loop: ``data_s`` (tensors / device arrays from the uint8
+    arrays), ``train_s``, ``test_s``, ``total_s`` (all three), the epoch's accuracies."""
+
+    model: str
+    framework: str
+    batch: int
+    images: int
+    data_s: float
+    train_s: float
+    test_s: float
+    total_s: float
+    train_acc: float
+    test_acc: float
+    note: str = ""
+
+
+def torch_optimizer(cfg: OptimizerConfig, params: object) -> torch.optim.Optimizer:
+    """``torch.optim`` with the settings of ``cfg`` (constant learning rate)."""
+    wd = cfg.effective_weight_decay
+    if cfg.name == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,  # type: ignore[arg-type]
+                               nesterov=cfg.nesterov, weight_decay=wd)
+    kind = torch.optim.AdamW if cfg.name == "adamw" else torch.optim.Adam
+    return kind(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,  # type: ignore[arg-type]
+                weight_decay=wd)
+
+
+def bench_epoch(name: str, preset: str, *, data_dir: str | os.PathLike[str] | None = None,
+                limit_train: int | None = None, limit_test: int | None = None,
+                seed: int = 0) -> list[EpochRow]:
+    """One epoch of the book's loop in jaxcnn (one step per call, then the whole epoch's full
+    batches in one call), then in torch eager (same batch order)."""
+    config = PRESETS[preset][0]
+    if config.resize is not None:
+        raise ValueError(f"the epoch benchmark is for the 28x28 models, not {name}")
+    fm = load_fashion_mnist(data_dir)
+    tr_x, tr_y = fm.train_images[:limit_train], fm.train_labels[:limit_train]
+    te_x, te_y = fm.test_images[:limit_test], fm.test_labels[:limit_test]
+    batch = config.batch_size
+    rows = []
+
+    start = time.perf_counter()
+    train_ds, test_ds = DeviceDataset.from_arrays(tr_x, tr_y), DeviceDataset.from_arrays(te_x, te_y)
+    jax.block_until_ready((train_ds.images, test_ds.images))
+    data_s = time.perf_counter() - start
+    nbatch = num_batches(len(train_ds), batch)
+    for framework, steps_per_call in (("jaxcnn", 1), ("jaxcnn scan", nbatch)):
+        _, state = init_state(config, nbatch)
+        _, (h,) = fit(state, train_ds, test_ds, epochs=1, batch_size=batch, resize=None,
+                      seed=seed, log=None, progress=False, steps_per_call=steps_per_call)
+        train_s = len(train_ds) / h.images_per_sec
+        note = "compilation included"
+        if steps_per_call > 1:
+            note += f"; the {len(train_ds) // batch} full batches in one call"
+        rows.append(EpochRow(name, framework, batch, len(train_ds), data_s, train_s,
+                             h.time - train_s, data_s + h.time, h.train_acc, h.test_acc, note))
+
+    start = time.perf_counter()
+    xs = [torch.from_numpy(np.array(a)).float().div_(255).unsqueeze_(1)
+          for a in (tr_x, te_x)]  # ToTensor: float32 v / 255, (N, 1, 28, 28)
+    ys = [torch.from_numpy(a.astype(np.int64)) for a in (tr_y, te_y)]
+    data_s = time.perf_counter() - start
+    torch.manual_seed(seed)
+    model = create_model(config.model, **config.model_config).train()
+    opt = torch_optimizer(config.optimizer, model.parameters())
+    start = time.perf_counter()
+    order = torch.from_numpy(epoch_order(seed, 0, len(tr_x)))
+    correct = 0
+    for i in range(0, len(order), batch):  # the book's train_ch5 inner loop
+        idx = order[i:i + batch]
+        x, y = xs[0].index_select(0, idx), ys[0].index_select(0, idx)
+        out = model(x)
+        loss = torch.nn.functional.cross_entropy(out, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        loss.item()
+        correct += int((out.argmax(dim=1) == y).sum().item())
+    train_s = time.perf_counter() - start
+    start = time.perf_counter()
+    model.eval()
+    test_correct = 0
+    with torch.no_grad():
+        for i in range(0, len(te_x), batch):
+            out = model(xs[1][i:i + batch])
+            test_correct += int((out.argmax(dim=1) == ys[1][i:i + batch]).sum().item())
+    model.train()
+    test_s = time.perf_counter() - start
+    rows.append(EpochRow(name, "torch eager", batch, len(tr_x), data_s, train_s, test_s,
+                         data_s + train_s + test_s, correct / len(tr_x),
+                         test_correct / len(te_x)))
+    return rows
