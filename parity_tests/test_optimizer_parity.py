@@ -39,6 +39,15 @@ book's Adam on LeNet (``test_book_adam_with_default_eps_on_lenet``, 0.03x the to
 20 steps) and the optimizers alone on shared gradients down to 1e-10
 (``test_same_gradients_give_the_same_updates``, at torch's default eps as well).
 
+Re-anchoring (``REANCHOR``: the 224-pixel models and seed_example): after each step's checks
+the jaxcnn side continues from torch's parameters and BatchNorm state, so every step is
+compared from identical weights, while each side's optimizer state (momentum, Adam moments,
+schedule) still evolves on its own; a wrong update rule still shows at its first step. Without
+it the trajectories' float32 drift depends on the CPU: on an Intel Xeon (AVX-512) machine,
+unlike the AMD EPYC where the bounds below were first measured, alexnet + sgd found no
+flip-free batch of 20 at step 9-13, and seed_example + adam (ReLU outputs, eps 1e-3) reached
+1.1x the tolerance at step 4.
+
 Tolerance, measured on the development machine (largest diff / default tolerance over the 20
 steps and all settings): lenet 0.08, vgg (small) 0.02, seed_example 0.01, alexnet 0.01,
 vgg11 ratio 8 0.01, nin 0.01, all held to the default rule. lenet_bn: 0.25-0.41 after the
@@ -109,6 +118,10 @@ ASSIGNED: dict[str, tuple[str, ...]] = {
     "vgg11": ("sgd_nesterov_cosine",),
     "nin": ("sgd_momentum_wd_step",),
 }
+
+#: Models whose jaxcnn side restarts every step from torch's weights and BatchNorm state (the
+#: optimizer states still evolve separately on each side); see the module docstring.
+REANCHOR = ("alexnet", "vgg11", "nin", "seed_example")
 
 #: Looser bounds (rtol of ``assert_close``) by case id; see the module docstring.
 RTOL: dict[str, float] = {"lenet_bn[bn=torch]": 1e-4, "lenet_bn[bn=scratch]": 1e-4}
@@ -325,6 +338,9 @@ def _train_both(case: Case, cfg: OptimizerConfig, rtol: float,
             else:
                 kind = "parameter" if key in names else "BatchNorm statistic"
                 _check(case, got[key], value, f"{where}: {kind} {key}", rtol, record)
+        if case.name in REANCHOR:
+            anchored = jaxcnn.from_torch_state_dict(model, expected)
+            params, stats = anchored["params"], anchored.get("batch_stats")
 
 
 @pytest.mark.parametrize(("case", "opt_name"), RUNS, ids=[f"{c.id}-{o}" for c, o in RUNS])

@@ -462,7 +462,8 @@ def test_nan_stops_naming_the_step_and_keeps_last_checkpoint(lenet_setup, datase
         ckpt.save(history[-1].epoch, state, history, config)
 
     with pytest.raises(NonFiniteError, match=r"global step 7 \(epoch 2, batch 2 of 5\)"):
-        fit(state, train_ds, test_ds, epochs=3, batch_size=BATCH, log=None, progress=False,
+        fit(create_train_state(model, jax.random.PRNGKey(0), (1, 28, 28, 1), tx), train_ds,
+            test_ds, epochs=3, batch_size=BATCH, log=None, progress=False,
             steps_per_call=3)  # the bad step is found inside a call of several
     with pytest.raises(NonFiniteError, match=r"global step 7 \(epoch 2, batch 2 of 5\)") as e:
         fit(state, train_ds, test_ds, epochs=3, batch_size=BATCH, on_epoch_end=save,
