@@ -450,13 +450,14 @@ def format_report(report: dict[str, Any]) -> str:
     if report["rows"]:
         lines.append(f"\npeak MB: {report['rows'][0]['memory']}")
     if report["epochs"]:
-        lines += ["", "| model | framework | images | data s | train s | test s | total s | "
-                  "train acc | test acc | note |", "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += ["", "| model | framework | images | data s | train s | test s | "
+                  "first epoch s | train acc | test acc | second epoch s | note |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for e in report["epochs"]:
             lines.append(f"| {e['model']} | {e['framework']} | {e['images']} | "
                          f"{e['data_s']:.2f} | {e['train_s']:.2f} | {e['test_s']:.2f} | "
                          f"{e['total_s']:.2f} | {e['train_acc']:.3f} | {e['test_acc']:.3f} | "
-                         f"{e['note']} |")
+                         f"{e['warm_epoch_s']:.2f} | {e['note']} |")
     return "\n".join(lines)
 
 

@@ -22,6 +22,7 @@ examples:
   jaxcnn train --model lenet --optimizer sgd --lr 0.1 --momentum 0.9 --nesterov \\
                --schedule step --step-size 2 --gamma 0.5
   jaxcnn train --preset lenet --limit-train 2048 --limit-test 512 --epochs 2   # quick look
+  jaxcnn train --preset alexnet --precision bfloat16 --steps-per-call 50      # on a GPU
 
 With --workdir, every epoch is checkpointed (orbax; the newest --keep are kept) and the
 metrics go to WORKDIR/metrics.jsonl; --resume continues from the latest checkpoint with
@@ -196,6 +197,7 @@ def resolve_config(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
             seed=base.seed if args.seed is None else args.seed,
             limit_train=args.limit_train or base.limit_train,
             limit_test=args.limit_test or base.limit_test,
+            precision=args.precision or base.precision,
         )
     except (ValueError, TypeError) as e:
         parser.error(str(e))
@@ -210,7 +212,7 @@ def resolve_config(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
 
 
 def register(subparsers: Any) -> None:
-    from ..training import OPTIMIZERS, PRESETS, SCHEDULES
+    from ..training import OPTIMIZERS, PRECISIONS, PRESETS, SCHEDULES
 
     presets = "\n".join(
         f"  {name:<17} {cfg.model}{''.join(f' {k}={v}' for k, v in _overrides(cfg).items())}, "
@@ -246,6 +248,10 @@ def register(subparsers: Any) -> None:
                      help="--schedule step: decay every EPOCHS epochs (default 1)")
     how.add_argument("--gamma", type=positive_float,
                      help="--schedule step: decay factor (default 0.1)")
+    how.add_argument("--precision", choices=PRECISIONS,
+                     help="bfloat16: mixed precision (compute in bfloat16; parameters, "
+                          "optimizer, BatchNorm and loss in float32), for GPUs "
+                          "(default float32)")
     how.add_argument("--steps-per-call", type=positive_int, default=1, metavar="K",
                      help="run K updates per compiled call (lax.scan over batches gathered on "
                           "the device): the same training, less dispatch; try 50+ on a GPU "
@@ -293,7 +299,9 @@ def run(args: argparse.Namespace) -> int:
                                                ("limit-test", config.limit_test)) if v)
     print(f"training {config.model}{extra} ({config.input_size}x{config.input_size}), batch "
           f"{config.batch_size}, {opt.name} lr {opt.lr:g} ({opt.schedule}), {config.epochs} "
-          f"epochs, seed {config.seed}{limits}", flush=True)
+          f"epochs, seed {config.seed}{limits}"
+          + ("" if config.precision == "float32" else f", {config.precision} mixed precision"),
+          flush=True)
     start = time.perf_counter()
     try:
         datasets = load_datasets(config, args.data_dir, download=not args.no_download)

@@ -85,6 +85,22 @@ def _input_grad(g: jax.Array, kernel: jax.Array, x_shape: tuple[int, ...], strid
                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
+def _kernel_grad(x: jax.Array, g: jax.Array, kernel: Pair, stride: Pair, padding: Pair
+                 ) -> jax.Array:
+    """The HWIO kernel gradient ``(kh, kw, C, O)`` of a convolution as a convolution in the
+    standard layouts: the padded input as ``(C, Hp, Wp, N)`` (channels as the batch, the batch
+    as features) with the output gradient as an ``(oh, ow, N, O)`` kernel dilated by the
+    stride. Both transposes are materialised (see :func:`_input_grad`: left to itself XLA may
+    fold them into the convolution's dimension labels and run a generic convolution)."""
+    kh, kw = kernel
+    xt, gt = materialize(jnp.transpose(_pad(x, padding), (3, 1, 2, 0)),
+                         jnp.transpose(g, (1, 2, 0, 3)))
+    dk = lax.conv_general_dilated(xt, gt, window_strides=(1, 1), padding=((0, 0), (0, 0)),
+                                  rhs_dilation=stride,
+                                  dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return jnp.transpose(dk[:, :kh, :kw, :], (1, 2, 0, 3))
+
+
 def _matrix_bytes(x_shape: tuple[int, ...], g_shape: tuple[int, ...], kernel: Pair) -> int:
     """float32 bytes of the im2col matrix ``(N * oh * ow, kh * kw * C)``."""
     return 4 * g_shape[0] * g_shape[1] * g_shape[2] * kernel[0] * kernel[1] * x_shape[3]
@@ -148,6 +164,10 @@ def _conv_bwd(stride: Pair, padding: Pair, res: tuple[jax.Array, jax.Array], g: 
     def xla(x: jax.Array, kernel: jax.Array, g: jax.Array) -> tuple[jax.Array, jax.Array]:
         return jax.vjp(lambda a, b: _xla_conv(a, b, stride, padding), x, kernel)[1](g)
 
+    def convs(x: jax.Array, kernel: jax.Array, g: jax.Array) -> tuple[jax.Array, jax.Array]:
+        return (_input_grad(g, kernel, x.shape, stride, padding),
+                _kernel_grad(x, g, kernel.shape[:2], stride, padding))
+
     def matmul(x: jax.Array, kernel: jax.Array, g: jax.Array) -> tuple[jax.Array, jax.Array]:
         kh, kw, _, cout = kernel.shape
         n, oh, ow, _ = g.shape
@@ -155,9 +175,11 @@ def _conv_bwd(stride: Pair, padding: Pair, res: tuple[jax.Array, jax.Array], g: 
         dk = jnp.dot(patches_t, g.reshape(n * oh * ow, cout)).reshape(kernel.shape)
         return _input_grad(g, kernel, x.shape, stride, padding), dk
 
-    if _cpu() and _matrix_bytes(x.shape, g.shape, kernel.shape[:2]) <= PATCHES_LIMIT:
+    if not _cpu():
+        return xla(x, kernel, g)
+    if _matrix_bytes(x.shape, g.shape, kernel.shape[:2]) <= PATCHES_LIMIT:
         return matmul(x, kernel, g)
-    return xla(x, kernel, g)
+    return convs(x, kernel, g)
 
 
 conv2d_nhwc.defvjp(_conv_fwd, _conv_bwd)

@@ -126,12 +126,14 @@ class _TorchBatchNorm(Layer):
         if self.affine:
             scale = self.param("scale", jax.nn.initializers.ones, (c,), jnp.float32)
             bias = self.param("bias", jax.nn.initializers.zeros, (c,), jnp.float32)
+        in_dtype = x.dtype  # bfloat16 (mixed precision) is normalised in float32
+        x = x.astype(jnp.promote_types(in_dtype, jnp.float32))
         if not train:
             mean, var = ra_mean.value, ra_var.value
             y = (x - mean.astype(x.dtype)) * lax.rsqrt(var.astype(x.dtype) + self.eps)
             if self.affine:
                 y = y * scale.astype(x.dtype) + bias.astype(x.dtype)
-            return y
+            return y.astype(in_dtype)
         n = int(np.prod(x.shape[:-1]))
         if n < 2:
             raise ShapeError(
@@ -155,7 +157,7 @@ class _TorchBatchNorm(Layer):
             ra_mean.value = (1 - factor) * ra_mean.value + factor * mean
             ra_var.value = (1 - factor) * ra_var.value + factor * unbiased
             count.value = new_count
-        return y.reshape(x.shape)
+        return y.reshape(x.shape).astype(in_dtype)
 
 
 class BatchNorm1d(_TorchBatchNorm):
@@ -230,9 +232,11 @@ class BatchNorm(Layer):
         beta = self.param("beta", jax.nn.initializers.zeros, shape, jnp.float32)
         moving_mean = self.variable("batch_stats", "moving_mean", jnp.zeros, shape, jnp.float32)
         moving_var = self.variable("batch_stats", "moving_var", jnp.zeros, shape, jnp.float32)
+        in_dtype = x.dtype  # bfloat16 (mixed precision) is normalised in float32
+        x = x.astype(jnp.promote_types(in_dtype, jnp.float32))
         if not train:
             x_hat = (x - moving_mean.value) / jnp.sqrt(moving_var.value + self.eps)
-            return gamma * x_hat + beta
+            return (gamma * x_hat + beta).astype(in_dtype)
         c = self.num_features
         y, mean, var = batch_norm_train(x.reshape(-1, c), gamma.reshape(c), beta.reshape(c),
                                         self.eps, True)
@@ -240,4 +244,4 @@ class BatchNorm(Layer):
             m = self.momentum
             moving_mean.value = m * moving_mean.value + (1.0 - m) * mean.reshape(shape)
             moving_var.value = m * moving_var.value + (1.0 - m) * var.reshape(shape)
-        return y.reshape(x.shape)
+        return y.reshape(x.shape).astype(in_dtype)

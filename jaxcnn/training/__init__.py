@@ -17,7 +17,14 @@ from ._checkpoint import (
     read_meta,
     write_metrics,
 )
-from ._config import PRESETS, TrainConfig, default_resize, get_preset, resume_conflicts
+from ._config import (
+    PRECISIONS,
+    PRESETS,
+    TrainConfig,
+    default_resize,
+    get_preset,
+    resume_conflicts,
+)
 from ._loop import (
     TRACE_COUNTS,
     EpochStats,
@@ -44,6 +51,7 @@ from ._state import TrainState, create_train_state, variables_of
 
 __all__ = [
     "OPTIMIZERS",
+    "PRECISIONS",
     "PRESETS",
     "SCHEDULES",
     "TRACE_COUNTS",

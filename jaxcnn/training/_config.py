@@ -9,6 +9,9 @@ from typing import Any
 from ..registry import get_spec, make_config
 from ._optim import OptimizerConfig
 
+#: ``TrainConfig.precision`` values.
+PRECISIONS = ("float32", "bfloat16")
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
@@ -23,6 +26,9 @@ class TrainConfig:
       optimizer: :class:`OptimizerConfig` (lr, schedule, ...).
       seed: init, dropout and shuffling are all derived from it.
       limit_train, limit_test: train/test on the first N examples only (quick runs).
+      precision: ``'float32'``, or ``'bfloat16'`` mixed precision (convolutions, matrix
+        products and activations in bfloat16; parameters, optimizer state, BatchNorm and the
+        loss in float32). Meant for GPUs; see README, "Performance".
     """
 
     model: str
@@ -34,6 +40,7 @@ class TrainConfig:
     seed: int = 0
     limit_train: int | None = None
     limit_test: int | None = None
+    precision: str = "float32"
 
     def __post_init__(self) -> None:
         cfg = make_config(self.model, **dict(self.model_config))  # raises on unknown names
@@ -43,6 +50,9 @@ class TrainConfig:
             errors.append(f"batch_size must be >= 1, got {self.batch_size}")
         if self.epochs < 1:
             errors.append(f"epochs must be >= 1, got {self.epochs}")
+        if self.precision not in PRECISIONS:
+            errors.append(f"precision must be one of {', '.join(PRECISIONS)}, got "
+                          f"{self.precision!r}")
         if self.resize is not None and self.resize < 1:
             errors.append(f"resize must be >= 1, got {self.resize}")
         for name in ("limit_train", "limit_test"):

@@ -52,15 +52,25 @@ def _all_finite(tree: Any) -> jax.Array:
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
-@partial(jax.jit, static_argnames=("resize",), donate_argnums=(0,))
+def _inputs(images: jax.Array, resize: int | None, precision: str) -> jax.Array:
+    x = preprocess(images, resize)
+    return x if precision == "float32" else x.astype(precision)
+
+
+@partial(jax.jit, static_argnames=("resize", "precision"), donate_argnums=(0,))
 def train_step(state: TrainState, images: jax.Array, labels: jax.Array, *,
-               resize: int | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
+               resize: int | None = None, precision: str = "float32"
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer update on a batch (train mode: BN batch statistics, dropout).
 
     Args:
       state: the :class:`TrainState` (donated: do not reuse the argument).
       images: uint8 ``(B, 28, 28)``; labels: int ``(B,)``.
       resize: static output size of the preprocessing, or ``None`` for 28.
+      precision: ``'float32'``, or ``'bfloat16'``: the model computes in bfloat16 (its layers
+        cast their float32 parameters to the input's dtype; BatchNorm normalises in float32),
+        the logits are cast back to float32 for the loss; gradients, parameters and optimizer
+        state stay float32.
 
     Returns:
       ``(new_state, metrics)``; metrics: ``loss`` (mean cross-entropy, float32), ``correct``
@@ -68,13 +78,13 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, *,
       parameters are all finite).
     """
     TRACE_COUNTS["train_step"] += 1
-    return update(state, images, labels, resize)
+    return update(state, images, labels, resize, precision)
 
 
-def update(state: TrainState, images: jax.Array, labels: jax.Array, resize: int | None
-           ) -> tuple[TrainState, dict[str, jax.Array]]:
+def update(state: TrainState, images: jax.Array, labels: jax.Array, resize: int | None,
+           precision: str = "float32") -> tuple[TrainState, dict[str, jax.Array]]:
     """The traceable body of :func:`train_step` (not jitted: for ``lax.scan`` and the like)."""
-    x = preprocess(images, resize)
+    x = _inputs(images, resize, precision)
     dropout_key, step_key = jax.random.split(state.dropout_key)
 
     def loss_fn(params: Any) -> tuple[jax.Array, tuple[jax.Array, Any]]:
@@ -82,6 +92,7 @@ def update(state: TrainState, images: jax.Array, labels: jax.Array, resize: int 
             variables_of(params, state.batch_stats), x, train=True,
             mutable=["batch_stats"], rngs={"dropout": step_key},
         )
+        logits = logits.astype(jnp.float32)
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
         return loss, (logits, updates.get("batch_stats", state.batch_stats))
 
@@ -99,34 +110,35 @@ def update(state: TrainState, images: jax.Array, labels: jax.Array, resize: int 
     return new_state, metrics
 
 
-@partial(jax.jit, static_argnames=("apply_fn", "resize"))
+@partial(jax.jit, static_argnames=("apply_fn", "resize", "precision"))
 def _eval_correct(apply_fn: Callable[..., Any], variables: Any, images: jax.Array,
-                  labels: jax.Array, resize: int | None) -> jax.Array:
+                  labels: jax.Array, resize: int | None, precision: str = "float32"
+                  ) -> jax.Array:
     TRACE_COUNTS["eval_step"] += 1
-    logits = apply_fn(variables, preprocess(images, resize), train=False)
+    logits = apply_fn(variables, _inputs(images, resize, precision), train=False)
     return jnp.sum(jnp.argmax(logits, axis=1) == labels).astype(jnp.int32)
 
 
 def eval_step(state: TrainState, images: jax.Array, labels: jax.Array, *,
-              resize: int | None = None) -> jax.Array:
+              resize: int | None = None, precision: str = "float32") -> jax.Array:
     """The number of correct predictions (int32) on a batch, in eval mode (``train=False``)."""
-    return _eval_correct(state.apply_fn, state.variables, images, labels, resize)
+    return _eval_correct(state.apply_fn, state.variables, images, labels, resize, precision)
 
 
 def _accuracy(apply_fn: Callable[..., Any], variables: Any, dataset: Dataset, batch_size: int,
-              resize: int | None) -> float:
-    counts = [_eval_correct(apply_fn, variables, x, y, resize)
+              resize: int | None, precision: str = "float32") -> float:
+    counts = [_eval_correct(apply_fn, variables, x, y, resize, precision)
               for x, y in dataset.batches(batch_size, shuffle=False)]
     total = int(np.sum(jax.device_get(counts), dtype=np.int64))
     return total / len(dataset)
 
 
 def evaluate_accuracy(model: nn.Module, variables: Any, dataset: Dataset, batch_size: int,
-                      resize: int | None = None) -> float:
+                      resize: int | None = None, precision: str = "float32") -> float:
     """Fraction of ``dataset`` with ``argmax(model(x), 1) == y`` in eval mode.
 
     ``variables`` is ``{'params': ..., 'batch_stats': ...}`` (batch_stats for BN models)."""
-    return _accuracy(model.apply, variables, dataset, batch_size, resize)
+    return _accuracy(model.apply, variables, dataset, batch_size, resize, precision)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,8 +179,8 @@ def _non_finite(step: int, epoch: int, batch: int, nbatch: int, loss: float) -> 
 def train_epoch(state: TrainState, dataset: Dataset, *, batch_size: int, epoch: int,
                 seed: int = 0, resize: int | None = None,
                 on_step: Callable[[int, dict[str, float]], None] | None = None,
-                progress: bool | None = None, steps_per_call: int = 1
-                ) -> tuple[TrainState, dict[str, float]]:
+                progress: bool | None = None, steps_per_call: int = 1,
+                precision: str = "float32") -> tuple[TrainState, dict[str, float]]:
     """Train one epoch (``epoch`` 1-based; the shuffle order is ``(seed, epoch - 1)``).
 
     Returns the new state and ``{'loss': mean of the batch losses, 'train_acc': correct /
@@ -180,6 +192,7 @@ def train_epoch(state: TrainState, dataset: Dataset, *, batch_size: int, epoch: 
     ``steps_per_call > 1`` (a :class:`~jaxcnn.data.DeviceDataset` only) runs the full batches
     ``steps_per_call`` at a time in one compiled call (:func:`~jaxcnn.training.train_steps`),
     in the same order and with the same updates; host syncs then happen once per call.
+    ``precision``: see :func:`train_step`.
     """
     n = len(dataset)
     nbatch = num_batches(n, batch_size)
@@ -220,10 +233,10 @@ def train_epoch(state: TrainState, dataset: Dataset, *, batch_size: int, epoch: 
     i = -1
     for i, batch in enumerate(_calls(dataset, batch_size, seed, epoch, steps_per_call)):
         if len(batch) == 2:
-            state, metrics = train_step(state, *batch, resize=resize)
+            state, metrics = train_step(state, *batch, resize=resize, precision=precision)
             metrics = jax.tree.map(lambda a: a[None], metrics)
         else:
-            state, metrics = train_steps(state, *batch, resize=resize)
+            state, metrics = train_steps(state, *batch, resize=resize, precision=precision)
         if pending is not None:
             consume(*pending)
         pending = (i, metrics)
@@ -268,7 +281,7 @@ def fit(state: TrainState, train_ds: Dataset, test_ds: Dataset, *, epochs: int,
         on_epoch_end: Callable[[TrainState, list[EpochStats]], None] | None = None,
         on_step: Callable[[int, dict[str, float]], None] | None = None,
         log: Callable[[str], None] | None = print,
-        progress: bool | None = None, steps_per_call: int = 1
+        progress: bool | None = None, steps_per_call: int = 1, precision: str = "float32"
         ) -> tuple[TrainState, list[EpochStats]]:
     """The book's ``train_ch5``: train epochs ``len(history) + 1 .. epochs``.
 
@@ -276,16 +289,18 @@ def fit(state: TrainState, train_ds: Dataset, test_ds: Dataset, *, epochs: int,
     history, its book line passed to ``log``, then ``on_epoch_end(state, history)`` (e.g. a
     checkpoint; the state there is finite). ``lr_of_epoch(e)`` (0-based) is recorded in the
     stats. Raises :class:`NonFiniteError` on NaN/inf before ``on_epoch_end`` of that epoch.
-    ``steps_per_call``: see :func:`train_epoch`.
+    ``steps_per_call``: see :func:`train_epoch`; ``precision``: see :func:`train_step` (the
+    test pass uses it too).
     """
     history = list(history)
     for epoch in range(len(history) + 1, epochs + 1):
         start = time.perf_counter()
         state, train = train_epoch(state, train_ds, batch_size=batch_size, epoch=epoch,
                                    seed=seed, resize=resize, on_step=on_step, progress=progress,
-                                   steps_per_call=steps_per_call)
+                                   steps_per_call=steps_per_call, precision=precision)
         train_time = time.perf_counter() - start
-        test_acc = _accuracy(state.apply_fn, state.variables, test_ds, batch_size, resize)
+        test_acc = _accuracy(state.apply_fn, state.variables, test_ds, batch_size, resize,
+                             precision)
         elapsed = time.perf_counter() - start
         stats = EpochStats(
             epoch=epoch, loss=train["loss"], train_acc=train["train_acc"], test_acc=test_acc,

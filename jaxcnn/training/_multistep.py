@@ -19,9 +19,10 @@ from ._loop import TRACE_COUNTS, update
 from ._state import TrainState
 
 
-@partial(jax.jit, static_argnames=("resize",), donate_argnums=(0,))
+@partial(jax.jit, static_argnames=("resize", "precision"), donate_argnums=(0,))
 def train_steps(state: TrainState, images: jax.Array, labels: jax.Array, indices: jax.Array,
-                *, resize: int | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
+                *, resize: int | None = None, precision: str = "float32"
+                ) -> tuple[TrainState, dict[str, jax.Array]]:
     """``K`` consecutive updates; update ``k`` trains on ``images[indices[k]]``.
 
     Args:
@@ -29,6 +30,7 @@ def train_steps(state: TrainState, images: jax.Array, labels: jax.Array, indices
       images: the whole uint8 dataset ``(N, 28, 28)``; labels: int32 ``(N,)``.
       indices: int32 ``(K, B)``, each row one batch's example indices.
       resize: static output size of the preprocessing, or ``None`` for 28.
+      precision: as :func:`~jaxcnn.training.train_step`'s.
 
     Returns:
       ``(new_state, metrics)``: :func:`~jaxcnn.training.train_step`'s metrics, each stacked
@@ -39,7 +41,7 @@ def train_steps(state: TrainState, images: jax.Array, labels: jax.Array, indices
         raise ValueError(f"indices must be (steps, batch), got shape {tuple(indices.shape)}")
 
     def body(state: TrainState, idx: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
-        return update(state, images[idx], labels[idx], resize)
+        return update(state, images[idx], labels[idx], resize, precision)
 
     return lax.scan(body, state, indices)
 

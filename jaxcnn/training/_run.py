@@ -145,7 +145,8 @@ def train(config: TrainConfig, workdir: str | os.PathLike[str] | None = None, *,
             state, train_ds, test_ds, epochs=config.epochs, batch_size=config.batch_size,
             resize=config.resize, seed=config.seed, history=history,
             lr_of_epoch=lambda e: lrs[min(e, len(lrs) - 1)], on_epoch_end=on_epoch_end,
-            on_step=on_step, log=log, progress=progress, steps_per_call=steps_per_call)
+            on_step=on_step, log=log, progress=progress, steps_per_call=steps_per_call,
+            precision=config.precision)
     finally:
         if ckpt is not None:
             ckpt.close()
