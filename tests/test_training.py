@@ -517,6 +517,11 @@ def test_bfloat16_computes_in_bfloat16_and_normalises_in_float32(fashion, bn):
     model = create_model("lenet_bn", bn=bn)
     x = preprocess(jnp.asarray(fashion.train_images[:32]), None)
     variables = model.init(jax.random.PRNGKey(0), x)
+    # Running statistics of real data: the book's BatchNorm starts with moving_var = 0, which
+    # in eval mode divides by sqrt(eps) and amplifies any rounding 316x.
+    for _ in range(10):
+        _, stats = model.apply(variables, x, train=True, mutable=["batch_stats"])
+        variables = {**variables, **stats}
     for mode in (False, True):
         out = model.apply(variables, x.astype(jnp.bfloat16), train=mode,
                           mutable=["batch_stats"] if mode else False)
@@ -557,19 +562,20 @@ def test_bfloat16_step_keeps_float32_state_and_follows_the_float32_step(fashion)
 
 def test_bfloat16_training_reaches_float32_accuracy(fashion):
     """The documented accuracy check at test size: LeNet-BN (book settings: Adam, lr 1e-3,
-    batch 256) for 2 epochs on 4096 images; test accuracy on 1024."""
-    train_ds = DeviceDataset.from_arrays(fashion.train_images[:4096],
-                                         fashion.train_labels[:4096])
+    batch 256) for 2 epochs on 8192 images; test accuracy on 1024."""
+    train_ds = DeviceDataset.from_arrays(fashion.train_images[:8192],
+                                         fashion.train_labels[:8192])
     test_ds = DeviceDataset.from_arrays(fashion.test_images[:1024], fashion.test_labels[:1024])
     model = create_model("lenet_bn")
     acc = {}
     for precision in ("float32", "bfloat16"):
-        tx = make_optimizer(OptimizerConfig("adam", 1e-3), 16, 2)
+        tx = make_optimizer(OptimizerConfig("adam", 1e-3), 32, 2)
         state = create_train_state(model, jax.random.PRNGKey(0), (1, 28, 28, 1), tx)
         _, history = fit(state, train_ds, test_ds, epochs=2, batch_size=256, log=None,
                          progress=False, precision=precision)
         acc[precision] = history[-1].test_acc
-    assert acc["float32"] > 0.6
+    print(f"test accuracy after 2 epochs: {acc}")
+    assert acc["float32"] > 0.65, acc
     assert abs(acc["bfloat16"] - acc["float32"]) <= 0.02, acc
 
 

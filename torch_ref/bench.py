@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -49,6 +48,7 @@ from jaxcnn.training import (
 
 from . import create_model
 from ._bench_epoch import EpochRow, bench_epoch, torch_optimizer
+from .compare import machine as compare_machine
 
 #: bench name -> the book's preset (model, config, batch size, resize, optimizer).
 SPECS: dict[str, str] = {"lenet": "lenet", "lenet_bn": "lenet_bn",
@@ -105,25 +105,16 @@ def _thread_names() -> dict[str, int]:
 
 
 def machine() -> dict[str, Any]:
-    """The device, CPU, library versions and thread counts of this process."""
+    """The device, CPU, library versions and thread counts of this process
+    (:func:`torch_ref.compare.machine` plus both frameworks' devices and threads)."""
     import flax
     import optax
-    import torchvision
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     dev = jax.devices()[0]
     return {
-        "cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
+        **compare_machine(),
         "jax_device": f"{dev.platform}:{dev.device_kind}", "torch_device": torch_device(),
-        "python": platform.python_version(), "jax": jax.__version__, "flax": flax.__version__,
-        "optax": optax.__version__, "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "torch_threads": torch.get_num_threads(),
+        "flax": flax.__version__, "optax": optax.__version__,
         "torch_interop_threads": torch.get_num_interop_threads(),
         "xla_cpu_threads": _thread_names().get("tf_XLAEigen"),
         "PJRT_NPROC": os.environ.get("PJRT_NPROC"),
