@@ -23,15 +23,18 @@ examples:
   jaxcnn bench --threads 1                         # one thread in both frameworks
 
 Per model (the book's batch size and input size: lenet/lenet_bn 256 at 28x28; alexnet 128,
-vgg11 (ratio 8) 64, nin 128 at 224x224), for jaxcnn (jit), torch eager and torch.compile:
-training steps/s and images/s, inference images/s, the first step's time (compilation), peak
-memory (CPU: the process's peak RSS during one step). Each framework's first step is excluded;
-then the frameworks take turns, --repeats times, each timing --steps steps; the median is
-reported, with jaxcnn's images/s divided by each row's. For the 28x28 models, one epoch of the
-book's loop on Fashion-MNIST end to end (data, training, test pass) in jaxcnn and torch eager.
+vgg11 (ratio 8) 64, nin 128 at 224x224), for jaxcnn (jit, one step per call), jaxcnn scan
+(the timed steps in one compiled call), torch eager and torch.compile: training steps/s and
+images/s, inference images/s, the first call's time (compilation), peak memory (CPU: the
+process's peak RSS during one step). Each framework's first call is excluded; then the
+frameworks take turns, --repeats times, each timing --steps steps; the median is reported,
+and each jaxcnn row is divided by torch eager's and torch.compile's. For the 28x28 models,
+two epochs of the book's loop on Fashion-MNIST end to end (data, training, test pass) in
+jaxcnn, jaxcnn scan and torch eager (the first with compilation, the second warm).
 Both frameworks use --threads threads (torch.set_num_threads, and XLA's CPU pool through
 PJRT_NPROC, which must be set before JAX starts: bench sets it itself).
-Defaults keep a full run at a few minutes on a 2-core CPU: --steps 20 at 28x28, 1 at 224x224.
+Defaults: --steps 20 at 28x28, 1 at 224x224; a full run takes about 15 minutes on a 2-core
+CPU (the 224x224 models most of it; --models lenet lenet_bn about 4).
 """
 
 
