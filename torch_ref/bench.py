@@ -228,14 +228,18 @@ class _JaxScanStepper(_JaxStepper):
                  images: np.ndarray, labels: np.ndarray, steps: int) -> None:
         super().__init__(config, torch_model, images, labels)
         self.first_call = steps
-        self.indices = {steps: self._indices(steps)}
+        self.indices: dict[int, jax.Array] = {}
         self._infer = jax.jit(_scan_correct, static_argnames=("apply_fn", "resize"))
 
     def _indices(self, n: int) -> jax.Array:
-        return jax.device_put(np.tile(np.arange(len(self.labels), dtype=np.int32), (n, 1)))
+        """``(n, B)`` indices of the batch, made once per ``n``."""
+        if n not in self.indices:
+            self.indices[n] = jax.device_put(
+                np.tile(np.arange(len(self.labels), dtype=np.int32), (n, 1)))
+        return self.indices[n]
 
     def train(self, n: int) -> float:
-        idx = self.indices.setdefault(n, self._indices(n))
+        idx = self._indices(n)
         start = time.perf_counter()
         self.state, metrics = train_steps(self.state, self.images, self.labels, idx,
                                           resize=self.resize)
@@ -243,7 +247,7 @@ class _JaxScanStepper(_JaxStepper):
         return time.perf_counter() - start
 
     def infer(self, n: int) -> float:
-        idx = self.indices.setdefault(n, self._indices(n))
+        idx = self._indices(n)
         start = time.perf_counter()
         out = self._infer(self.state.apply_fn, self.state.variables, self.images, self.labels,
                           idx, resize=self.resize)

@@ -42,8 +42,9 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "bench", help="benchmark jaxcnn against the PyTorch reference (speed, memory)",
         description="Training and inference throughput, compile time and peak memory of "
-                    "jaxcnn (jit) and its torch twin (eager and torch.compile), measured in "
-                    "one process on one device, plus one epoch of the book's loop.",
+                    "jaxcnn (jit; one or many steps per call) and its torch twin (eager and "
+                    "torch.compile), measured in one process on one device, plus two epochs "
+                    "of the book's loop.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", choices=MODELS, default=list(DEFAULT_MODELS),
                    metavar="NAME", help=f"models to run (default: {' '.join(DEFAULT_MODELS)}; "

@@ -148,9 +148,10 @@ def conv2d_nhwc(x: jax.Array, kernel: jax.Array, stride: Pair, padding: Pair) ->
     The same numbers as ``lax.conv_general_dilated`` (up to float32 summation order), computed
     on CPUs in forms XLA's CPU backend runs faster for small layers: a small one-channel
     convolution as a sum of shifted views; the kernel gradient as a matrix product of the
-    transposed im2col matrix with the output gradient, while that matrix stays under
-    :data:`PATCHES_LIMIT`; the input gradient as XLA's, but with the flipped kernel laid out
-    for the fast path (:func:`_input_grad`). (Measured on a 2-core CPU: a col2im input
+    transposed im2col matrix with the output gradient where that matrix is small enough
+    (:func:`_use_patches`), else as a convolution in standard layouts (:func:`_kernel_grad`);
+    the input gradient as XLA's, with the flipped kernel laid out for the fast path
+    (:func:`_input_grad`). (Measured on a 2-core CPU: a col2im input
     gradient, 2x faster alone, made the whole LeNet step 20% slower.)
     """
     return _conv_fwd(x, kernel, stride, padding)[0]
@@ -176,26 +177,16 @@ def _conv_fwd(x: jax.Array, kernel: jax.Array, stride: Pair, padding: Pair
 def _conv_bwd(stride: Pair, padding: Pair, res: tuple[jax.Array, jax.Array], g: jax.Array
               ) -> tuple[jax.Array, jax.Array]:
     x, kernel = res
-
-    def xla(x: jax.Array, kernel: jax.Array, g: jax.Array) -> tuple[jax.Array, jax.Array]:
+    if not _cpu():  # XLA's own (cuDNN's) gradients
         return jax.vjp(lambda a, b: _xla_conv(a, b, stride, padding), x, kernel)[1](g)
-
-    def convs(x: jax.Array, kernel: jax.Array, g: jax.Array) -> tuple[jax.Array, jax.Array]:
-        return (_input_grad(g, kernel, x.shape, stride, padding),
-                _kernel_grad(x, g, kernel.shape[:2], stride, padding))
-
-    def matmul(x: jax.Array, kernel: jax.Array, g: jax.Array) -> tuple[jax.Array, jax.Array]:
-        kh, kw, _, cout = kernel.shape
-        n, oh, ow, _ = g.shape
+    kh, kw, _, cout = kernel.shape
+    n, oh, ow, _ = g.shape
+    if _use_patches(x.shape, g.shape, kernel.shape):
         patches_t = _patches_t(_pad(x, padding), (kh, kw), stride, (oh, ow))
         dk = jnp.dot(patches_t, g.reshape(n * oh * ow, cout)).reshape(kernel.shape)
-        return _input_grad(g, kernel, x.shape, stride, padding), dk
-
-    if not _cpu():
-        return xla(x, kernel, g)
-    if _use_patches(x.shape, g.shape, kernel.shape):
-        return matmul(x, kernel, g)
-    return convs(x, kernel, g)
+    else:
+        dk = _kernel_grad(x, g, (kh, kw), stride, padding)
+    return _input_grad(g, kernel, x.shape, stride, padding), dk
 
 
 conv2d_nhwc.defvjp(_conv_fwd, _conv_bwd)

@@ -26,7 +26,6 @@ from ._config import (
     resume_conflicts,
 )
 from ._loop import (
-    TRACE_COUNTS,
     EpochStats,
     NonFiniteError,
     eval_step,
@@ -34,7 +33,6 @@ from ._loop import (
     fit,
     train_epoch,
     train_step,
-    update,
 )
 from ._multistep import chunk_indices, train_steps
 from ._optim import (
@@ -48,6 +46,7 @@ from ._optim import (
 from ._plot import plot_history
 from ._run import RunResult, init_state, load_checkpoint, load_datasets, train
 from ._state import TrainState, create_train_state, variables_of
+from ._step import TRACE_COUNTS, update
 
 __all__ = [
     "OPTIMIZERS",

@@ -19,8 +19,9 @@ import jax
 import orbax.checkpoint as ocp
 
 from ._config import TrainConfig
-from ._loop import EpochStats, _all_finite
+from ._loop import EpochStats
 from ._state import TrainState
+from ._step import _all_finite
 
 CHECKPOINT_DIR = "checkpoints"
 METRICS_FILE = "metrics.jsonl"

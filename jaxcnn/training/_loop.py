@@ -7,7 +7,6 @@ the compiled function.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import sys
 import time
@@ -19,14 +18,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from tqdm.auto import tqdm
 
-from ..data import epoch_order, num_batches, preprocess
-from ._state import TrainState, variables_of
-
-#: How often each jitted function was traced (a Python side effect, so it counts compilations).
-TRACE_COUNTS: collections.Counter[str] = collections.Counter()
+from ..data import epoch_order, num_batches
+from ._multistep import chunk_indices, train_steps
+from ._state import TrainState
+from ._step import TRACE_COUNTS, inputs, update
 
 
 class Dataset(Protocol):
@@ -45,16 +42,6 @@ class NonFiniteError(FloatingPointError):
     def __init__(self, message: str, step: int, epoch: int) -> None:
         super().__init__(message)
         self.step, self.epoch = step, epoch
-
-
-def _all_finite(tree: Any) -> jax.Array:
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
-
-
-def _inputs(images: jax.Array, resize: int | None, precision: str) -> jax.Array:
-    x = preprocess(images, resize)
-    return x if precision == "float32" else x.astype(precision)
 
 
 @partial(jax.jit, static_argnames=("resize", "precision"), donate_argnums=(0,))
@@ -81,41 +68,12 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, *,
     return update(state, images, labels, resize, precision)
 
 
-def update(state: TrainState, images: jax.Array, labels: jax.Array, resize: int | None,
-           precision: str = "float32") -> tuple[TrainState, dict[str, jax.Array]]:
-    """The traceable body of :func:`train_step` (not jitted: for ``lax.scan`` and the like)."""
-    x = _inputs(images, resize, precision)
-    dropout_key, step_key = jax.random.split(state.dropout_key)
-
-    def loss_fn(params: Any) -> tuple[jax.Array, tuple[jax.Array, Any]]:
-        logits, updates = state.apply_fn(
-            variables_of(params, state.batch_stats), x, train=True,
-            mutable=["batch_stats"], rngs={"dropout": step_key},
-        )
-        logits = logits.astype(jnp.float32)
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-        return loss, (logits, updates.get("batch_stats", state.batch_stats))
-
-    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
-                              opt_state=opt_state, dropout_key=dropout_key)
-    metrics = {
-        "loss": loss,
-        "correct": jnp.sum(jnp.argmax(logits, axis=1) == labels).astype(jnp.int32),
-        "count": jnp.asarray(labels.shape[0], jnp.int32),
-        "finite": jnp.isfinite(loss) & _all_finite(params),
-    }
-    return new_state, metrics
-
-
 @partial(jax.jit, static_argnames=("apply_fn", "resize", "precision"))
 def _eval_correct(apply_fn: Callable[..., Any], variables: Any, images: jax.Array,
                   labels: jax.Array, resize: int | None, precision: str = "float32"
                   ) -> jax.Array:
     TRACE_COUNTS["eval_step"] += 1
-    logits = apply_fn(variables, _inputs(images, resize, precision), train=False)
+    logits = apply_fn(variables, inputs(images, resize, precision), train=False)
     return jnp.sum(jnp.argmax(logits, axis=1) == labels).astype(jnp.int32)
 
 
@@ -205,7 +163,7 @@ def train_epoch(state: TrainState, dataset: Dataset, *, batch_size: int, epoch: 
 
     steps_done = 0
 
-    def consume(_: int, stacked: dict[str, jax.Array]) -> None:
+    def consume(stacked: dict[str, jax.Array]) -> None:
         nonlocal steps_done
         host = jax.device_get(stacked)
         for k in range(len(host["loss"])):
@@ -227,25 +185,21 @@ def train_epoch(state: TrainState, dataset: Dataset, *, batch_size: int, epoch: 
         if on_step is not None:
             on_step(step, {"loss": float(host["loss"]), "epoch": epoch, "batch": i + 1})
 
-    from ._multistep import train_steps  # it builds on this module's update()
-
-    pending: tuple[int, dict[str, jax.Array]] | None = None
-    i = -1
-    for i, batch in enumerate(_calls(dataset, batch_size, seed, epoch, steps_per_call)):
+    pending: dict[str, jax.Array] | None = None  # the previous call's metrics, (K,) each
+    for batch in _calls(dataset, batch_size, seed, epoch, steps_per_call):
         if len(batch) == 2:
             state, metrics = train_step(state, *batch, resize=resize, precision=precision)
             metrics = jax.tree.map(lambda a: a[None], metrics)
         else:
             state, metrics = train_steps(state, *batch, resize=resize, precision=precision)
         if pending is not None:
-            consume(*pending)
-        pending = (i, metrics)
+            consume(pending)
+        pending = metrics
     if pending is not None:
-        consume(*pending)
-    i = steps_done - 1
+        consume(pending)
     bar.close()
-    if i + 1 != nbatch or count != n:
-        raise RuntimeError(f"dataset gave {i + 1} batches / {count} examples, expected "
+    if steps_done != nbatch or count != n:
+        raise RuntimeError(f"dataset gave {steps_done} batches / {count} examples, expected "
                            f"{nbatch} / {n}")
     return state, {"loss": loss_sum / nbatch, "train_acc": correct / count, "images": count}
 
@@ -255,8 +209,6 @@ def _calls(dataset: Dataset, batch_size: int, seed: int, epoch: int, steps_per_c
     """The epoch's work: ``(images, labels)`` batches for :func:`train_step`, or, with
     ``steps_per_call > 1``, ``(images, labels, indices)`` blocks for ``train_steps`` then the
     partial last batch, in :meth:`DeviceDataset.batches` order."""
-    from ._multistep import chunk_indices
-
     if steps_per_call == 1:
         yield from dataset.batches(batch_size, shuffle=True, seed=seed, epoch=epoch - 1)
         return

@@ -15,8 +15,8 @@ import jax
 import numpy as np
 from jax import lax
 
-from ._loop import TRACE_COUNTS, update
 from ._state import TrainState
+from ._step import TRACE_COUNTS, update
 
 
 @partial(jax.jit, static_argnames=("resize", "precision"), donate_argnums=(0,))
