@@ -1,114 +1,20 @@
 """The model registry shared by ``jaxcnn`` and ``torch_ref``.
 
-A registered model is a name, a frozen dataclass of its configuration and the input size it is
-built for. ``jaxcnn`` and ``torch_ref`` each map the config class to a builder, so both
-frameworks build the same model from the same data. This module imports neither framework.
+A model is registered where it is defined: :func:`register_model` decorates its jaxcnn builder
+(``config -> flax module``) and records its name, the frozen dataclass of its configuration and
+the input size it is built for. ``torch_ref`` registers the torch twin under the same name
+(``torch_ref.models.register_torch``), so both frameworks build the same model from the same
+config. This module imports neither framework.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import itertools
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import Any, TypeVar
 
-VGG11_ARCH: tuple[tuple[int, int, int], ...] = (
-    (1, 1, 64), (1, 64, 128), (2, 128, 256), (2, 256, 512), (2, 512, 512),
-)
-
-
-@dataclasses.dataclass(frozen=True)
-class LeNetConfig:
-    """Chapter 5.5 LeNet: sigmoid activations, 2x2 max pooling, 28x28 input."""
-
-    num_classes: int = 10
-    in_channels: int = 1
-
-
-@dataclasses.dataclass(frozen=True)
-class LeNetBNConfig:
-    """Chapter 5.10 LeNet with BatchNorm: ``bn='torch'`` (nn.BatchNorm) or ``'scratch'`` (the
-    book's hand-written BatchNorm)."""
-
-    num_classes: int = 10
-    in_channels: int = 1
-    bn: Literal["torch", "scratch"] = "torch"
-
-    def __post_init__(self) -> None:
-        if self.bn not in ("torch", "scratch"):
-            raise ValueError(f"lenet_bn: bn must be 'torch' or 'scratch', got {self.bn!r}")
-
-
-@dataclasses.dataclass(frozen=True)
-class AlexNetConfig:
-    """Chapter 5.6 AlexNet for 224x224 single-channel input."""
-
-    num_classes: int = 10
-    in_channels: int = 1
-
-
-@dataclasses.dataclass(frozen=True)
-class VGGConfig:
-    """Chapter 5.7 VGG: one ``(num_convs, in_channels, out_channels)`` triple per block; each
-    block halves the spatial size, then three Linear layers (``fc_features -> hidden -> hidden
-    -> num_classes``)."""
-
-    conv_arch: tuple[tuple[int, int, int], ...] = VGG11_ARCH
-    fc_features: int = 512 * 7 * 7
-    fc_hidden_units: int = 4096
-    num_classes: int = 10
-    in_channels: int = 1
-
-    def __post_init__(self) -> None:
-        arch = tuple(tuple(int(v) for v in block) for block in self.conv_arch)
-        object.__setattr__(self, "conv_arch", arch)
-        if not arch or any(len(b) != 3 or min(b) < 1 for b in arch):
-            raise ValueError(f"vgg: conv_arch must be positive (num_convs, in, out) triples, "
-                             f"got {self.conv_arch!r}")
-        if arch[0][1] != self.in_channels:
-            raise ValueError(f"vgg: the first block takes {arch[0][1]} channels but "
-                             f"in_channels={self.in_channels}")
-        for i, (prev, block) in enumerate(itertools.pairwise(arch), start=2):
-            if block[1] != prev[2]:
-                raise ValueError(f"vgg: block {i} takes {block[1]} channels but block {i - 1} "
-                                 f"gives {prev[2]}")
-
-
-@dataclasses.dataclass(frozen=True)
-class VGG11Config:
-    """VGG-11; ``ratio`` divides every width (the book trains ``ratio=8``)."""
-
-    ratio: int = 1
-    num_classes: int = 10
-    in_channels: int = 1
-
-    def __post_init__(self) -> None:
-        if self.ratio < 1 or 64 % self.ratio:
-            raise ValueError(f"vgg11: ratio must divide 64, got {self.ratio}")
-
-    def to_vgg(self) -> VGGConfig:
-        r = self.ratio
-        arch = tuple((n, cin if i == 0 else cin // r, cout // r)
-                     for i, (n, cin, cout) in enumerate(VGG11_ARCH))
-        arch = ((arch[0][0], self.in_channels, arch[0][2]), *arch[1:])
-        return VGGConfig(arch, 512 * 7 * 7 // r, 4096 // r, self.num_classes, self.in_channels)
-
-
-@dataclasses.dataclass(frozen=True)
-class NiNConfig:
-    """Chapter 5.8 Network in Network for 224x224 input."""
-
-    num_classes: int = 10
-    in_channels: int = 1
-
-
-@dataclasses.dataclass(frozen=True)
-class SeedExampleConfig:
-    """The seed notes' ``modules()`` example ``Model``: conv1, conv2 (3x3), maxpool1 (2x2), then
-    ``features = Sequential(OrderedDict(conv3, conv4, relu1))``. No classifier head: the output
-    is a feature map, ``(N, 128, 10, 10)`` for a 32x32 input."""
-
-    in_channels: int = 3
+Builder = TypeVar("Builder", bound=Callable[..., Any])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,8 +26,7 @@ class ModelSpec:
       config: the frozen dataclass of its configuration.
       input_size: H = W of the input its default config is built for.
       description: one line for listings.
-      test_cases: ``(config overrides, input size)`` pairs that the test suites run; the first
-        is the default config.
+      build: the jaxcnn builder, ``config -> flax.linen.Module`` (NHWC input).
       classifier: whether the output is ``(N, num_classes)`` logits (a cross-entropy applies);
         False for a model that returns a feature map.
     """
@@ -130,18 +35,24 @@ class ModelSpec:
     config: type
     input_size: int
     description: str
-    test_cases: tuple[tuple[dict[str, Any], int], ...]
+    build: Callable[[Any], Any]
     classifier: bool = True
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
 
 
-def register(spec: ModelSpec) -> ModelSpec:
-    if spec.name in _REGISTRY:
-        raise ValueError(f"model {spec.name!r} is already registered")
-    _REGISTRY[spec.name] = spec
-    return spec
+def register_model(name: str, config: type, *, input_size: int, description: str,
+                   classifier: bool = True) -> Callable[[Builder], Builder]:
+    """Decorator registering a jaxcnn builder ``config -> module`` under ``name``."""
+
+    def decorator(build: Builder) -> Builder:
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} is already registered")
+        _REGISTRY[name] = ModelSpec(name, config, input_size, description, build, classifier)
+        return build
+
+    return decorator
 
 
 def list_models() -> list[str]:
@@ -161,6 +72,14 @@ def get_spec(name: str) -> ModelSpec:
         ) from None
 
 
+def spec_of_config(config: Any) -> ModelSpec:
+    """The spec whose config class is ``type(config)``."""
+    for spec in _REGISTRY.values():
+        if type(config) is spec.config:
+            return spec
+    raise TypeError(f"no registered model takes a config of type {type(config).__name__}")
+
+
 def make_config(name: str, **overrides: Any) -> Any:
     """The config dataclass of ``name`` with ``overrides``; an unknown key is named in the error."""
     spec = get_spec(name)
@@ -172,22 +91,3 @@ def make_config(name: str, **overrides: Any) -> Any:
             f"{', '.join(fields)}"
         )
     return spec.config(**overrides)
-
-
-_SMALL_VGG = {"conv_arch": ((1, 1, 8), (2, 8, 16)), "fc_features": 16 * 7 * 7,
-              "fc_hidden_units": 32}
-
-for _spec in (
-    ModelSpec("lenet", LeNetConfig, 28, "LeNet (ch. 5.5)", (({}, 28),)),
-    ModelSpec("lenet_bn", LeNetBNConfig, 28, "LeNet with BatchNorm (ch. 5.10)",
-              (({"bn": "torch"}, 28), ({"bn": "scratch"}, 28))),
-    ModelSpec("alexnet", AlexNetConfig, 224, "AlexNet (ch. 5.6)", (({}, 224),)),
-    ModelSpec("vgg11", VGG11Config, 224, "VGG-11, widths divided by ratio (ch. 5.7)",
-              (({"ratio": 8}, 224),)),
-    ModelSpec("vgg", VGGConfig, 224, "VGG with any conv_arch (ch. 5.7)", ((_SMALL_VGG, 28),)),
-    ModelSpec("nin", NiNConfig, 224, "Network in Network (ch. 5.8)", (({}, 224),)),
-    ModelSpec("seed_example", SeedExampleConfig, 32,
-              "The seed notes' modules() example (feature map, no classifier)", (({}, 32),),
-              classifier=False),
-):
-    register(_spec)

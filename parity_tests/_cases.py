@@ -16,6 +16,22 @@ import jaxcnn
 import torch_ref
 from jaxcnn.registry import get_spec
 
+#: A small custom VGG (with dropout layers) for 28-pixel inputs.
+SMALL_VGG = {"conv_arch": ((1, 1, 8), (2, 8, 16)), "fc_features": 16 * 7 * 7,
+             "fc_hidden_units": 32}
+
+#: Per registered model, the ``(config overrides, input size)`` pairs the suites run; the first
+#: is the default config. ``test_registry_and_init`` checks that every registered model has one.
+TEST_CONFIGS: dict[str, tuple[tuple[dict[str, Any], int], ...]] = {
+    "lenet": (({}, 28),),
+    "lenet_bn": (({"bn": "torch"}, 28), ({"bn": "scratch"}, 28)),
+    "alexnet": (({}, 224),),
+    "vgg11": (({"ratio": 8}, 224),),
+    "vgg": ((SMALL_VGG, 28),),
+    "nin": (({}, 224),),
+    "seed_example": (({}, 32),),
+}
+
 
 @dataclasses.dataclass(frozen=True)
 class Case:
@@ -38,13 +54,13 @@ class Case:
 
     @property
     def classifier(self) -> bool:
-        return getattr(get_spec(self.name), "classifier", True)
+        return get_spec(self.name).classifier
 
 
 CASES = [
     Case(name, tuple(cfg.items()), size)
     for name in jaxcnn.list_models()
-    for cfg, size in get_spec(name).test_cases
+    for cfg, size in TEST_CONFIGS[name]
 ]
 BN_CASES = [c for c in CASES if c.name == "lenet_bn"]
 

@@ -12,9 +12,10 @@ import torch_ref
 from jaxcnn import nhwc_to_nchw
 from jaxcnn.cli import main
 from jaxcnn.data import DeviceDataset, load_fashion_mnist, preprocess
-from jaxcnn.registry import _SMALL_VGG
 from jaxcnn.testing import assert_close
 from jaxcnn.training import OptimizerConfig, TrainConfig, evaluate_accuracy, train
+
+from ._cases import SMALL_VGG
 
 N_TRAIN, N_TEST, BATCH = 384, 200, 128  # 3 training steps
 
@@ -30,7 +31,7 @@ def data():
     ("lenet", {}),
     ("lenet_bn", {"bn": "torch"}),
     ("lenet_bn", {"bn": "scratch"}),
-    ("vgg", _SMALL_VGG),  # with dropout layers
+    ("vgg", SMALL_VGG),  # with dropout layers
 ], ids=["lenet", "lenet_bn-torch", "lenet_bn-scratch", "vgg-small"])
 def test_export_loads_into_torch_ref(model, model_config, data, tmp_path, capsys):
     config = TrainConfig(model=model, model_config=model_config, batch_size=BATCH, epochs=1,

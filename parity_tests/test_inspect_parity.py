@@ -15,9 +15,11 @@ import torch_ref
 from jaxcnn.inspect import summary, torch_style_repr, torch_type
 from jaxcnn.registry import get_spec
 
+from ._cases import TEST_CONFIGS
+
 CASES = [pytest.param(name, cfg, size, id=f"{name}-{i}")
          for name in jaxcnn.list_models()
-         for i, (cfg, size) in enumerate(get_spec(name).test_cases)]
+         for i, (cfg, size) in enumerate(TEST_CONFIGS[name])]
 
 NIN_SEED_LINES = [
     "0 output shape:  (1, 96, 54, 54)", "1 output shape:  (1, 96, 26, 26)",
@@ -26,6 +28,7 @@ NIN_SEED_LINES = [
     "6 output shape:  (1, 384, 5, 5)", "7 output shape:  (1, 10, 5, 5)",
     "8 output shape:  (1, 10, 1, 1)", "9 output shape:  (1, 10)",
 ]
+
 
 
 def _pair(name: str, cfg: dict) -> tuple:

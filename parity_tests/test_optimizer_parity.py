@@ -9,7 +9,8 @@ The schedules are per epoch with 4 steps per epoch and 5 epochs, so ``StepLR`` a
 After every step the loss (of that step's forward), every parameter and every BatchNorm
 statistic (``num_batches_tracked`` exactly) must agree within ``jaxcnn.testing.assert_close``.
 
-Coverage: every ``test_cases`` entry of every registry model, and every optimizer setting of
+Coverage: every ``TEST_CONFIGS`` entry (``_cases.py``) of every registered model, and every
+optimizer setting of
 ``OPTIMIZERS`` (sgd plain, with momentum + weight decay + StepLR, with Nesterov + weight decay
 + cosine; adam with coupled weight decay + StepLR; adamw + cosine). lenet and both lenet_bn
 kinds run all five; vgg (small) and seed_example two each (between them both Adams and

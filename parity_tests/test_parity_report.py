@@ -21,10 +21,13 @@ from jaxcnn.parity._jax import JaxRun
 from jaxcnn.parity._run import _Context, _row
 from jaxcnn.registry import get_spec
 
+from ._cases import TEST_CONFIGS
+
 CASES = [pytest.param(name, cfg, size, id=f"{name}-{i}")
          for name in jaxcnn.list_models()
-         for i, (cfg, size) in enumerate(get_spec(name).test_cases)]
+         for i, (cfg, size) in enumerate(TEST_CONFIGS[name])]
 BN_CASES = [p for p in CASES if p.values[0] == "lenet_bn"]
+
 
 
 def _batch(size: int) -> int | None:

@@ -14,7 +14,7 @@ import jaxcnn
 import torch_ref
 from jaxcnn.registry import get_spec
 
-from ._cases import CASES, Case
+from ._cases import CASES, TEST_CONFIGS, Case
 
 IDS = [c.id for c in CASES]
 
@@ -23,8 +23,10 @@ def test_both_sides_build_every_registered_model() -> None:
     names = jaxcnn.list_models()
     assert {"lenet", "lenet_bn", "alexnet", "vgg11", "vgg", "nin"} <= set(names)
     assert torch_ref.list_models() == names
+    assert sorted(torch_ref.models.TORCH_BUILDERS) == sorted(names)  # each has its torch twin
+    assert sorted(TEST_CONFIGS) == sorted(names)  # and test configurations
     for name in names:
-        assert isinstance(torch_ref.create_model(name, **get_spec(name).test_cases[0][0]),
+        assert isinstance(torch_ref.create_model(name, **TEST_CONFIGS[name][0][0]),
                           torch.nn.Module)
 
 

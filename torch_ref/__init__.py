@@ -14,25 +14,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from jaxcnn.registry import list_models, make_config
+from jaxcnn.registry import list_models
 
-from ._book import BUILDERS, AlexNet, BatchNorm, FlattenLayer, GlobalAvgPool2d, LeNet, batch_norm
-from ._seed_example import Model
 from ._summary import Call, record_calls, summary
-
-
-def build_model(config: Any) -> nn.Module:
-    """The torch model of a config dataclass instance from :mod:`jaxcnn.registry`."""
-    try:
-        builder = BUILDERS[type(config)]
-    except KeyError:
-        raise TypeError(f"no torch_ref builder for config type {type(config).__name__}") from None
-    return builder(config)
-
-
-def create_model(name: str, **config: Any) -> nn.Module:
-    """Build the torch twin of the registered model ``name`` (NCHW input)."""
-    return build_model(make_config(name, **config))
+from .models import (
+    AlexNet,
+    BatchNorm,
+    FlattenLayer,
+    GlobalAvgPool2d,
+    LeNet,
+    Model,
+    batch_norm,
+    build_model,
+    create_model,
+)
 
 
 @contextlib.contextmanager

@@ -1,4 +1,5 @@
-"""Model builders and ``create_model``; every model is in :mod:`jaxcnn.registry`."""
+"""The models, one module per family, each builder registered (:mod:`jaxcnn.registry`) where it
+is defined; ``create_model`` builds any of them by name."""
 
 from __future__ import annotations
 
@@ -6,28 +7,31 @@ from typing import Any
 
 import flax.linen as nn
 
-from ..registry import get_spec, list_models, make_config
-from ._book import (
-    BUILDERS,
+from ..registry import get_spec, list_models, make_config, spec_of_config
+from .d2l_ch5 import (
+    VGG11_ARCH,
+    AlexNetConfig,
     ConvThenFC,
+    LeNetBNConfig,
+    LeNetConfig,
+    NiNConfig,
+    VGG11Config,
+    VGGConfig,
     alexnet,
     lenet,
     lenet_bn,
     nin,
     nin_block,
     vgg,
+    vgg11,
     vgg_block,
 )
-from ._seed_example import SeedExample, seed_example
+from .seed_example import SeedExample, SeedExampleConfig, seed_example
 
 
 def build_model(config: Any) -> nn.Module:
-    """The Flax model of a config dataclass instance from :mod:`jaxcnn.registry`."""
-    try:
-        builder = BUILDERS[type(config)]
-    except KeyError:
-        raise TypeError(f"no jaxcnn builder for config type {type(config).__name__}") from None
-    return builder(config)
+    """The Flax model of a registered config dataclass instance."""
+    return spec_of_config(config).build(config)
 
 
 def create_model(name: str, **config: Any) -> nn.Module:
@@ -47,6 +51,8 @@ def input_shape(name: str, batch: int = 1, **config: Any) -> tuple[int, int, int
 
 
 __all__ = [
-    "ConvThenFC", "SeedExample", "alexnet", "build_model", "create_model", "input_shape", "lenet",
-    "lenet_bn", "list_models", "nin", "nin_block", "seed_example", "vgg", "vgg_block",
+    "VGG11_ARCH", "AlexNetConfig", "ConvThenFC", "LeNetBNConfig", "LeNetConfig", "NiNConfig",
+    "SeedExample", "SeedExampleConfig", "VGG11Config", "VGGConfig", "alexnet", "build_model",
+    "create_model", "input_shape", "lenet", "lenet_bn", "list_models", "nin", "nin_block",
+    "seed_example", "vgg", "vgg11", "vgg_block",
 ]

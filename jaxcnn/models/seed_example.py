@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import ClassVar
 
 import flax.linen as nn
 import jax
 
 from ..layers import Conv2d, MaxPool2d, ReLU, Sequential, named_sequential
-from ..registry import SeedExampleConfig
+from ..registry import register_model
+
+
+@dataclasses.dataclass(frozen=True)
+class SeedExampleConfig:
+    """The seed notes' ``modules()`` example ``Model``: conv1, conv2 (3x3), maxpool1 (2x2), then
+    ``features = Sequential(OrderedDict(conv3, conv4, relu1))``. No classifier head: the output
+    is a feature map, ``(N, 128, 10, 10)`` for a 32x32 input."""
+
+    in_channels: int = 3
 
 
 class SeedExample(nn.Module):
@@ -32,6 +42,9 @@ class SeedExample(nn.Module):
         return self.features(x, train=train)
 
 
+@register_model("seed_example", SeedExampleConfig, input_size=32,
+                description="The seed notes' modules() example (feature map, no classifier)",
+                classifier=False)
 def seed_example(cfg: SeedExampleConfig) -> SeedExample:
     """The seed's ``Model()`` with ``in_channels`` input channels (3 in the notes)."""
     return SeedExample(

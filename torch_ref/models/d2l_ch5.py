@@ -1,21 +1,21 @@
-"""The book's chapter-5 models in PyTorch, with its module structure and state-dict names."""
+"""Dive into Deep Learning, chapter 5 (LeNet .. NiN) in PyTorch, with the book's module
+structure and state-dict names."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from jaxcnn.registry import (
+from jaxcnn.models import (
     AlexNetConfig,
     LeNetBNConfig,
     LeNetConfig,
     NiNConfig,
-    SeedExampleConfig,
     VGG11Config,
     VGGConfig,
 )
 
-from ._seed_example import Model
+from ._registry import register_torch
 
 
 class FlattenLayer(nn.Module):
@@ -84,6 +84,7 @@ class BatchNorm(nn.Module):
         return Y
 
 
+@register_torch("lenet")
 class LeNet(nn.Module):
     """Ch. 5.5 ``LeNet``."""
 
@@ -104,6 +105,7 @@ class LeNet(nn.Module):
         return self.fc(feature.view(img.shape[0], -1))
 
 
+@register_torch("alexnet")
 class AlexNet(nn.Module):
     """Ch. 5.6 ``AlexNet``."""
 
@@ -128,6 +130,7 @@ class AlexNet(nn.Module):
         return self.fc(feature.view(img.shape[0], -1))
 
 
+@register_torch("lenet_bn")
 def lenet_bn(cfg: LeNetBNConfig) -> nn.Sequential:
     """Ch. 5.10: ``nn.BatchNorm`` (``bn='torch'``) or the book's ``BatchNorm`` (``'scratch'``)."""
     if cfg.bn == "torch":
@@ -159,10 +162,15 @@ def vgg_block(num_convs: int, in_channels: int, out_channels: int) -> nn.Sequent
     return nn.Sequential(*blk)
 
 
-def vgg(cfg: VGGConfig | VGG11Config) -> nn.Sequential:
+@register_torch("vgg11")
+def vgg11(cfg: VGG11Config) -> nn.Sequential:
+    """VGG-11 (:func:`vgg` of ``cfg.to_vgg()``)."""
+    return vgg(cfg.to_vgg())
+
+
+@register_torch("vgg")
+def vgg(cfg: VGGConfig) -> nn.Sequential:
     """Ch. 5.7 ``vgg(conv_arch, fc_features, fc_hidden_units)``."""
-    if isinstance(cfg, VGG11Config):
-        cfg = cfg.to_vgg()
     net = nn.Sequential()
     for i, (num_convs, in_channels, out_channels) in enumerate(cfg.conv_arch):
         net.add_module("vgg_block_" + str(i + 1), vgg_block(num_convs, in_channels, out_channels))
@@ -185,6 +193,7 @@ def nin_block(in_channels: int, out_channels: int, kernel_size: int, stride: int
     )
 
 
+@register_torch("nin")
 def nin(cfg: NiNConfig) -> nn.Sequential:
     """Ch. 5.8 NiN."""
     return nn.Sequential(
@@ -199,15 +208,3 @@ def nin(cfg: NiNConfig) -> nn.Sequential:
         GlobalAvgPool2d(),
         FlattenLayer(),
     )
-
-
-BUILDERS = {
-    LeNetConfig: LeNet,
-    LeNetBNConfig: lenet_bn,
-    AlexNetConfig: AlexNet,
-    VGGConfig: vgg,
-    VGG11Config: vgg,
-    NiNConfig: nin,
-    SeedExampleConfig: Model,
-}
-

@@ -7,9 +7,12 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from jaxcnn.registry import SeedExampleConfig
+from jaxcnn.models import SeedExampleConfig
+
+from ._registry import register_torch
 
 
+@register_torch("seed_example")
 class Model(nn.Module):
     """conv1, conv2, maxpool1, then ``features = Sequential(OrderedDict(conv3, conv4, relu1))``;
     ``(N, C, H, W) -> (N, 128, (H - 4) // 2 - 4, (W - 4) // 2 - 4)``."""

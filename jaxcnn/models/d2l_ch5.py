@@ -1,9 +1,14 @@
-"""The book's chapter-5 CNNs as Flax modules with torch's module structure and names.
+"""Dive into Deep Learning, chapter 5 (LeNet .. NiN): configs and Flax builders with torch's
+module structure and names, each registered where it is defined.
 
 Inputs are NHWC ``(N, H, W, in_channels)``; outputs are logits ``(N, num_classes)``.
 """
 
 from __future__ import annotations
+
+import dataclasses
+import itertools
+from typing import Literal
 
 import flax.linen as nn
 import jax
@@ -25,16 +30,98 @@ from ..layers import (
     named_sequential,
     sequential,
 )
-from ..registry import (
-    AlexNetConfig,
-    LeNetBNConfig,
-    LeNetConfig,
-    NiNConfig,
-    SeedExampleConfig,
-    VGG11Config,
-    VGGConfig,
+from ..registry import register_model
+
+VGG11_ARCH: tuple[tuple[int, int, int], ...] = (
+    (1, 1, 64), (1, 64, 128), (2, 128, 256), (2, 256, 512), (2, 512, 512),
 )
-from ._seed_example import seed_example
+
+
+@dataclasses.dataclass(frozen=True)
+class LeNetConfig:
+    """Chapter 5.5 LeNet: sigmoid activations, 2x2 max pooling, 28x28 input."""
+
+    num_classes: int = 10
+    in_channels: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class LeNetBNConfig:
+    """Chapter 5.10 LeNet with BatchNorm: ``bn='torch'`` (nn.BatchNorm) or ``'scratch'`` (the
+    book's hand-written BatchNorm)."""
+
+    num_classes: int = 10
+    in_channels: int = 1
+    bn: Literal["torch", "scratch"] = "torch"
+
+    def __post_init__(self) -> None:
+        if self.bn not in ("torch", "scratch"):
+            raise ValueError(f"lenet_bn: bn must be 'torch' or 'scratch', got {self.bn!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class AlexNetConfig:
+    """Chapter 5.6 AlexNet for 224x224 single-channel input."""
+
+    num_classes: int = 10
+    in_channels: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class VGGConfig:
+    """Chapter 5.7 VGG: one ``(num_convs, in_channels, out_channels)`` triple per block; each
+    block halves the spatial size, then three Linear layers (``fc_features -> hidden -> hidden
+    -> num_classes``)."""
+
+    conv_arch: tuple[tuple[int, int, int], ...] = VGG11_ARCH
+    fc_features: int = 512 * 7 * 7
+    fc_hidden_units: int = 4096
+    num_classes: int = 10
+    in_channels: int = 1
+
+    def __post_init__(self) -> None:
+        arch = tuple(tuple(int(v) for v in block) for block in self.conv_arch)
+        object.__setattr__(self, "conv_arch", arch)
+        if not arch or any(len(b) != 3 or min(b) < 1 for b in arch):
+            raise ValueError(f"vgg: conv_arch must be positive (num_convs, in, out) triples, "
+                             f"got {self.conv_arch!r}")
+        if arch[0][1] != self.in_channels:
+            raise ValueError(f"vgg: the first block takes {arch[0][1]} channels but "
+                             f"in_channels={self.in_channels}")
+        for i, (prev, block) in enumerate(itertools.pairwise(arch), start=2):
+            if block[1] != prev[2]:
+                raise ValueError(f"vgg: block {i} takes {block[1]} channels but block {i - 1} "
+                                 f"gives {prev[2]}")
+
+
+@dataclasses.dataclass(frozen=True)
+class VGG11Config:
+    """VGG-11; ``ratio`` divides every width (the book trains ``ratio=8``)."""
+
+    ratio: int = 1
+    num_classes: int = 10
+    in_channels: int = 1
+
+    def __post_init__(self) -> None:
+        if self.ratio < 1 or 64 % self.ratio:
+            raise ValueError(f"vgg11: ratio must divide 64, got {self.ratio}")
+
+    def to_vgg(self) -> VGGConfig:
+        r = self.ratio
+        arch = tuple((n, cin if i == 0 else cin // r, cout // r)
+                     for i, (n, cin, cout) in enumerate(VGG11_ARCH))
+        arch = ((arch[0][0], self.in_channels, arch[0][2]), *arch[1:])
+        return VGGConfig(arch, 512 * 7 * 7 // r, 4096 // r, self.num_classes, self.in_channels)
+
+
+@dataclasses.dataclass(frozen=True)
+class NiNConfig:
+    """Chapter 5.8 Network in Network for 224x224 input."""
+
+    num_classes: int = 10
+    in_channels: int = 1
+
+
 
 
 class ConvThenFC(nn.Module):
@@ -50,6 +137,7 @@ class ConvThenFC(nn.Module):
         return self.fc(flatten_torch_order(feature), train=train)
 
 
+@register_model("lenet", LeNetConfig, input_size=28, description="LeNet (ch. 5.5)")
 def lenet(cfg: LeNetConfig) -> ConvThenFC:
     """LeNet on ``(N, 28, 28, C)``; torch names ``conv.0``, ``conv.3``, ``fc.0/2/4``."""
     return ConvThenFC(
@@ -65,6 +153,8 @@ def lenet(cfg: LeNetConfig) -> ConvThenFC:
     )
 
 
+@register_model("lenet_bn", LeNetBNConfig, input_size=28,
+                description="LeNet with BatchNorm (ch. 5.10)")
 def lenet_bn(cfg: LeNetBNConfig) -> Sequential:
     """LeNet with BatchNorm on ``(N, 28, 28, C)``: one Sequential, BN at ``1, 5, 10, 13``."""
     if cfg.bn == "torch":
@@ -86,6 +176,7 @@ def lenet_bn(cfg: LeNetBNConfig) -> Sequential:
     )
 
 
+@register_model("alexnet", AlexNetConfig, input_size=224, description="AlexNet (ch. 5.6)")
 def alexnet(cfg: AlexNetConfig) -> ConvThenFC:
     """AlexNet on ``(N, 224, 224, C)``; torch names ``conv.0/3/6/8/10``, ``fc.0/3/6``."""
     return ConvThenFC(
@@ -114,10 +205,16 @@ def vgg_block(num_convs: int, in_channels: int, out_channels: int) -> Sequential
     return sequential(*layers, MaxPool2d(2, 2))
 
 
-def vgg(cfg: VGGConfig | VGG11Config) -> Sequential:
+@register_model("vgg11", VGG11Config, input_size=224,
+                description="VGG-11, widths divided by ratio (ch. 5.7)")
+def vgg11(cfg: VGG11Config) -> Sequential:
+    """VGG-11 (:func:`vgg` of ``cfg.to_vgg()``)."""
+    return vgg(cfg.to_vgg())
+
+
+@register_model("vgg", VGGConfig, input_size=224, description="VGG with any conv_arch (ch. 5.7)")
+def vgg(cfg: VGGConfig) -> Sequential:
     """VGG: children ``vgg_block_1`` ... ``vgg_block_k`` and ``fc`` (Flatten first)."""
-    if isinstance(cfg, VGG11Config):
-        cfg = cfg.to_vgg()
     blocks: dict[str, nn.Module] = {
         f"vgg_block_{i}": vgg_block(*arch) for i, arch in enumerate(cfg.conv_arch, start=1)
     }
@@ -141,6 +238,8 @@ def nin_block(in_channels: int, out_channels: int, kernel_size: int, stride: int
     )
 
 
+@register_model("nin", NiNConfig, input_size=224,
+                description="Network in Network (ch. 5.8)")
 def nin(cfg: NiNConfig) -> Sequential:
     """NiN on ``(N, 224, 224, C)``; ten children whose outputs are the seed notes' shapes."""
     return sequential(
@@ -152,14 +251,3 @@ def nin(cfg: NiNConfig) -> Sequential:
         GlobalAvgPool2d(),
         FlattenLayer(),
     )
-
-
-BUILDERS = {
-    LeNetConfig: lenet,
-    LeNetBNConfig: lenet_bn,
-    AlexNetConfig: alexnet,
-    VGGConfig: vgg,
-    VGG11Config: vgg,
-    NiNConfig: nin,
-    SeedExampleConfig: seed_example,
-}
