@@ -222,10 +222,11 @@ def test_book_batchnorm_matches_book_formula() -> None:
 
 
 def test_conv2d_large_layer_gradients(monkeypatch) -> None:
-    """Layers whose im2col matrix exceeds PATCHES_LIMIT take XLA's own gradients."""
-    from jaxcnn.layers import _linear
+    """Layers whose im2col matrix exceeds PATCHES_LIMIT take their kernel gradient as a
+    convolution (under JAXCNN_KERNELS=xla: XLA's own gradients)."""
+    from jaxcnn.ops import conv as conv_ops
 
-    monkeypatch.setattr(_linear, "PATCHES_LIMIT", 0)
+    monkeypatch.setattr(conv_ops, "PATCHES_LIMIT", 0)
     torch.manual_seed(0)
     _check(L.Conv2d(3, 5, 3, 2, 1), tnn.Conv2d(3, 5, 3, 2, 1), (2, 13, 12, 3),
            "Conv2d(3, 5, k=3, s=2, p=1) through XLA's gradients")

@@ -2,14 +2,19 @@
 
 Each layer mirrors the torch module of the same name: its hyper-parameters, padding and
 output size, default initialisation and, through :class:`TorchVar`, the names and layouts of
-its variables in a torch state dict.
+its variables in a torch state dict. The numerical kernels (convolution, pooling, batch
+normalisation) are in :mod:`jaxcnn.ops`.
 """
 
-from ._base import Layer, ShapeError, TorchVar, torch_uniform
-from ._linear import Conv2d, Linear
-from ._misc import Dropout, FlattenLayer, ReLU, Sigmoid, flatten_torch_order
-from ._norm import BatchNorm, BatchNorm1d, BatchNorm2d
-from ._pooling import (
+from .activation import ReLU, Sigmoid
+from .base import Layer, ShapeError, TorchVar, torch_uniform
+from .containers import Sequential, named_sequential, sequential
+from .conv import Conv2d
+from .dropout import Dropout
+from .flatten import FlattenLayer, flatten_torch_order
+from .linear import Linear
+from .norm import BatchNorm, BatchNorm1d, BatchNorm2d
+from .pool import (
     AdaptiveAvgPool2d,
     AvgPool2d,
     GlobalAvgPool2d,
@@ -17,7 +22,6 @@ from ._pooling import (
     adaptive_bins,
     pool_output_size,
 )
-from ._sequential import Sequential, named_sequential, sequential
 
 __all__ = [
     "AdaptiveAvgPool2d",

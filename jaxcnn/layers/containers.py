@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import flax.linen as nn
 import jax
 
-from ._base import Layer
+from .base import Layer
 
 
 class Sequential(Layer):

@@ -45,6 +45,11 @@ class TorchVar:
     torch_dtype: np.dtype | None = None
 
 
+def bias_var(n: int) -> TorchVar:
+    """The ``(n,)`` bias of a Conv2d or Linear, ``bias`` in both frameworks."""
+    return TorchVar("params", "bias", "bias", (n,), (n,))
+
+
 def pair(v: int | Sequence[int]) -> tuple[int, int]:
     """``3 -> (3, 3)``; ``(3, 5) -> (3, 5)``, as torch's ``_pair``."""
     if isinstance(v, int):

@@ -1,4 +1,4 @@
-"""Parameter-free layers: activations, Dropout with explicit masks, torch-order flatten."""
+"""``Dropout`` with explicit, recordable masks."""
 
 from __future__ import annotations
 
@@ -6,21 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ._base import Layer
-
-
-class ReLU(Layer):
-    """``torch.nn.ReLU`` (gradient 0 at 0, as torch)."""
-
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        return jax.nn.relu(x)
-
-
-class Sigmoid(Layer):
-    """``torch.nn.Sigmoid``."""
-
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        return jax.nn.sigmoid(x)
+from .base import Layer
 
 
 class Dropout(Layer):
@@ -62,21 +48,3 @@ class Dropout(Layer):
         else:
             mask = draw()
         return jnp.where(mask, x * jnp.asarray(1.0 / (1.0 - self.p), x.dtype), 0).astype(x.dtype)
-
-
-class FlattenLayer(Layer):
-    """The book's ``FlattenLayer`` (``x.view(N, -1)``), in torch's order.
-
-    An NHWC input ``(N, H, W, C)`` is flattened in (C, H, W) order, so a Linear imported from a
-    torch model applies unchanged; other inputs flatten every axis after the first.
-    """
-
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        return flatten_torch_order(x)
-
-
-def flatten_torch_order(x: jax.Array) -> jax.Array:
-    """``(N, H, W, C) -> (N, C*H*W)`` in torch's (C, H, W) order; ``(N, ...) -> (N, -1)``."""
-    if x.ndim == 4:
-        x = jnp.transpose(x, (0, 3, 1, 2))
-    return x.reshape(x.shape[0], -1)

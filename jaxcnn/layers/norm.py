@@ -6,7 +6,6 @@ with ``mutable=['batch_stats']``.
 
 from __future__ import annotations
 
-from functools import partial
 from typing import ClassVar
 
 import flax.linen as nn
@@ -15,62 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from ._base import Layer, ShapeError, TorchVar
-
-
-def _channel_sum(x2: jax.Array) -> jax.Array:
-    """``x2.sum(axis=0)`` of ``(M, C)``; a narrow ``C`` is first folded into rows of at least
-    64 values, which XLA's CPU backend reduces several times faster."""
-    m, c = x2.shape
-    k = 1
-    while m % (2 * k) == 0 and k * c < 64:
-        k *= 2
-    if k == 1:
-        return jnp.sum(x2, axis=0)
-    return jnp.sum(x2.reshape(m // k, k * c), axis=0).reshape(k, c).sum(axis=0)
-
-
-@partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def batch_norm_train(x2: jax.Array, scale: jax.Array, bias: jax.Array, eps: float,
-                     divide: bool = False) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Training-mode batch normalisation of ``(M, C)``: ``(y, mean, biased var)``.
-
-    ``y = (x - mean) * rsqrt(var + eps) * scale + bias`` (``divide``: ``(x - mean) /
-    sqrt(var + eps) * scale + bias``, the book's formula). The gradient is the closed form
-    (``dbias = sum(g)``, ``dscale = sum(g * x_hat)``, ``dx = scale / std * (g - mean(g) - x_hat
-    * mean(g * x_hat))``): two reductions and one elementwise pass, where autodiff of the
-    forward gives XLA twice as many passes.
-    """
-    return _bn_fwd(x2, scale, bias, eps, divide)[0]
-
-
-def _bn_fwd(x2: jax.Array, scale: jax.Array, bias: jax.Array, eps: float, divide: bool
-            ) -> tuple[tuple[jax.Array, jax.Array, jax.Array], tuple[jax.Array, ...]]:
-    m = x2.shape[0]
-    mean = _channel_sum(x2) / m
-    d = x2 - mean
-    var = _channel_sum(d * d) / m
-    x_hat = d / jnp.sqrt(var + eps) if divide else d * lax.rsqrt(var + eps)
-    return (x_hat * scale + bias, mean, var), (x2, mean, var, scale)
-
-
-def _bn_bwd(eps: float, divide: bool, res: tuple[jax.Array, ...],
-            cts: tuple[jax.Array, jax.Array, jax.Array]) -> tuple[jax.Array, ...]:
-    g, g_mean, g_var = cts
-    x2, mean, var, scale = res
-    m = x2.shape[0]
-    inv = lax.rsqrt(var + eps)
-    d = x2 - mean
-    x_hat = d * inv
-    dbias = _channel_sum(g)
-    dscale = _channel_sum(g * x_hat)
-    dx = (scale * inv) * (g - dbias / m - x_hat * (dscale / m))
-    # The statistics' own cotangents (zero when only y is differentiated).
-    dx = dx + g_mean / m + g_var * (2.0 / m) * d
-    return dx, dscale, dbias
-
-
-batch_norm_train.defvjp(_bn_fwd, _bn_bwd)
+from ..ops import batch_norm_train
+from .base import Layer, ShapeError, TorchVar
 
 
 class _TorchBatchNorm(Layer):

@@ -1,0 +1,324 @@
+"""jaxcnn.ops: every fast CPU formulation against the plain XLA definition (values and
+gradients, float32 and bfloat16), and the one switch that selects them.
+
+Tolerances, relative to the largest magnitude of the reference (``scale``): float32
+``rtol = atol / scale = 1e-5`` (the formulations differ only in summation order); bfloat16
+``5e-2`` (8-bit mantissa: one rounding is 4e-3, sums of up to 150 rounded terms in different
+orders drift further).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxcnn import create_model, ops
+from jaxcnn.ops import conv as conv_ops
+from jaxcnn.ops import norm as norm_ops
+from jaxcnn.ops import select
+
+TOL = {jnp.float32: 1e-5, jnp.bfloat16: 5e-2}
+DTYPES = [pytest.param(jnp.float32, id="f32"), pytest.param(jnp.bfloat16, id="bf16")]
+
+
+@pytest.fixture(autouse=True)
+def _reset_switch(monkeypatch):
+    monkeypatch.delenv(select.ENV_VAR, raising=False)
+    ops.set_kernels(None)
+    yield
+    ops.set_kernels(None)
+
+
+def assert_close(got, ref, dtype, what: str) -> None:
+    got = np.asarray(jnp.asarray(got, jnp.float32))
+    ref = np.asarray(jnp.asarray(ref, jnp.float32))
+    assert got.shape == ref.shape, what
+    tol = TOL[dtype]
+    scale = max(float(np.max(np.abs(ref), initial=0.0)), 1e-30)
+    np.testing.assert_allclose(got, ref, rtol=tol, atol=tol * scale, err_msg=what)
+
+
+def values_and_grads(f, args, seed: int = 1):
+    """``f(*args)`` and the gradients of ``<f(*args), ct>`` for a random cotangent ``ct``
+    (jitted: one compilation instead of one per primitive)."""
+
+    @jax.jit
+    def run(*a):
+        out, vjp = jax.vjp(f, *a)
+        leaves, tree = jax.tree.flatten(out)
+        keys = jax.random.split(jax.random.key(seed), len(leaves))
+        ct = tree.unflatten([jax.random.normal(k, o.shape, jnp.float32).astype(o.dtype)
+                             for k, o in zip(keys, leaves, strict=True)])
+        return out, vjp(ct)
+
+    return run(*args)
+
+
+def compare(fast, plain, args, dtype, what: str) -> None:
+    (y1, g1), (y2, g2) = values_and_grads(fast, args), values_and_grads(plain, args)
+    for a, b in zip(jax.tree.leaves((y1, g1)), jax.tree.leaves((y2, g2)), strict=True):
+        assert a.dtype == b.dtype == dtype, what
+        assert_close(a, b, dtype, what)
+
+
+# --- convolution ----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvCase:
+    name: str
+    x: tuple[int, int, int, int]  # NHWC
+    kernel: tuple[int, int, int, int]  # HWIO
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    shift: bool  # forward as a sum of shifted views
+    patches: bool  # kernel gradient as an im2col product (else as a convolution)
+    limits: tuple[int, int] | None = None  # (PATCHES_LIMIT, PATCHES_LIMIT_WIDE) to force it
+
+
+CONV_CASES = [
+    ConvCase("shift_lenet", (2, 12, 11, 1), (5, 5, 1, 6), (1, 1), (2, 2), True, True),
+    ConvCase("shift_strided", (2, 13, 12, 1), (3, 3, 1, 4), (2, 2), (1, 1), True, True),
+    ConvCase("shift_kernel_conv", (2, 12, 11, 1), (5, 5, 1, 6), (1, 1), (2, 2), True, False,
+             (0, 0)),
+    ConvCase("one_channel_too_wide", (2, 9, 9, 1), (11, 11, 1, 9), (4, 4), (1, 1), False,
+             True),
+    ConvCase("patches", (2, 10, 9, 3), (3, 3, 3, 5), (1, 1), (1, 1), False, True),
+    ConvCase("patches_rect", (2, 11, 9, 3), (3, 2, 3, 5), (2, 1), (1, 0), False, True),
+    ConvCase("kernel_conv", (2, 10, 9, 3), (3, 3, 3, 5), (1, 1), (1, 1), False, False, (0, 0)),
+    ConvCase("kernel_conv_strided", (2, 13, 12, 3), (3, 3, 3, 5), (2, 2), (1, 1), False,
+             False, (0, 0)),
+    ConvCase("kernel_conv_rect", (2, 11, 9, 3), (3, 2, 3, 5), (2, 1), (1, 0), False, False,
+             (0, 0)),
+    ConvCase("wide_patches", (2, 8, 8, 4), (3, 3, 4, 64), (1, 1), (1, 1), False, True,
+             (0, 2**30)),
+    ConvCase("wide_kernel_conv", (2, 8, 8, 4), (3, 3, 4, 64), (2, 2), (0, 0), False, False,
+             (0, 0)),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: c.name)
+def test_conv2d_fast_matches_definition(case: ConvCase, dtype, monkeypatch) -> None:
+    if case.limits is not None:
+        monkeypatch.setattr(conv_ops, "PATCHES_LIMIT", case.limits[0])
+        monkeypatch.setattr(conv_ops, "PATCHES_LIMIT_WIDE", case.limits[1])
+    kh, kw, cin, cout = case.kernel
+    assert conv_ops.use_shift(cin, (kh, kw), cout) == case.shift
+    out = (2, *((case.x[1 + a] + 2 * case.padding[a] - case.kernel[a]) // case.stride[a] + 1
+                for a in range(2)), cout)
+    assert conv_ops.use_patches(case.x, out, case.kernel, dtype) == case.patches
+    kx, kk = jax.random.split(jax.random.key(0))
+    x = jax.random.normal(kx, case.x, jnp.float32).astype(dtype)
+    kernel = (jax.random.normal(kk, case.kernel, jnp.float32) * 0.3).astype(dtype)
+
+    def fast(a, b):
+        return ops.conv2d_cpu(a, b, case.stride, case.padding)
+
+    def plain(a, b):
+        return ops.conv2d_xla(a, b, case.stride, case.padding)
+
+    assert fast(x, kernel).shape == out
+    compare(fast, plain, (x, kernel), dtype, f"conv2d {case.name}")
+
+
+def test_patches_threshold_counts_the_dtype_bytes() -> None:
+    g, k = (8, 10, 10, 16), (3, 3)
+    assert conv_ops.patches_bytes(g, k, 4, jnp.float32) == 4 * 8 * 100 * 9 * 4
+    assert conv_ops.patches_bytes(g, k, 4, jnp.bfloat16) == 2 * 8 * 100 * 9 * 4
+
+
+# --- max pooling ----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class PoolCase:
+    name: str
+    x: tuple[int, int, int, int]
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    pads: tuple[tuple[int, int], tuple[int, int]]
+
+
+POOL_CASES = [
+    PoolCase("tiled", (2, 8, 8, 3), (2, 2), (2, 2), ((0, 0), (0, 0))),
+    PoolCase("tiled_ragged", (2, 9, 7, 3), (2, 2), (2, 2), ((0, 0), (0, 0))),
+    PoolCase("overlap", (2, 13, 13, 3), (3, 3), (2, 2), ((0, 0), (0, 0))),
+    PoolCase("padded", (2, 7, 6, 3), (3, 3), (1, 1), ((1, 1), (1, 1))),
+    PoolCase("ceil_mode", (2, 8, 8, 3), (3, 3), (2, 2), ((0, 1), (0, 1))),
+    PoolCase("rect", (2, 7, 9, 2), (2, 3), (1, 2), ((1, 0), (0, 1))),
+]
+
+
+def _pool_input(case: PoolCase, dtype, nans: bool) -> jax.Array:
+    rng = np.random.default_rng(0)
+    x = rng.integers(-3, 4, case.x).astype(np.float32)  # few levels: many ties
+    if nans:
+        x[rng.random(case.x) < 0.08] = np.nan
+    return jnp.asarray(x, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("nans", [False, True], ids=["ties", "nans"])
+@pytest.mark.parametrize("case", POOL_CASES, ids=lambda c: c.name)
+def test_max_pool2d_fast_matches_definition(case: PoolCase, nans: bool, dtype) -> None:
+    x = _pool_input(case, dtype, nans)
+    args = (case.kernel, case.stride, case.pads)
+    y1, g1 = values_and_grads(lambda a: ops.max_pool2d_cpu(a, *args), (x,))
+    y2, g2 = values_and_grads(lambda a: ops.max_pool2d_xla(a, *args), (x,))
+    np.testing.assert_array_equal(np.asarray(y1, np.float32), np.asarray(y2, np.float32))
+    assert np.isnan(np.asarray(y1, np.float32)).any() == nans
+    assert_close(g1[0], g2[0], dtype, f"max_pool2d {case.name} gradient")
+    # Each window's gradient lands on exactly one element: none is lost.
+    assert_close(jnp.sum(g1[0].astype(jnp.float32)), jnp.sum(g2[0].astype(jnp.float32)),
+                 dtype, "gradient total")
+
+
+@pytest.mark.parametrize("pool", [ops.max_pool2d_cpu, ops.max_pool2d_xla],
+                         ids=["cpu", "xla"])
+def test_max_pool2d_gradient_follows_torch_ties_and_nans(pool) -> None:
+    """ATen scans a window row by row: the first maximum wins a tie, the last NaN wins."""
+    x = jnp.asarray([[1.0, 3.0, np.nan, 1.0],
+                     [3.0, 2.0, 0.0, np.nan]]).reshape(1, 2, 4, 1)
+    y, vjp = jax.vjp(lambda a: pool(a, (2, 2), (2, 2), ((0, 0), (0, 0))), x)
+    assert float(y[0, 0, 0, 0]) == 3.0 and np.isnan(float(y[0, 0, 1, 0]))
+    (dx,) = vjp(jnp.asarray([[[[10.0], [20.0]]]]))
+    expected = [[0.0, 10.0, 0.0, 0.0], [0.0, 0.0, 0.0, 20.0]]
+    np.testing.assert_array_equal(np.asarray(dx)[0, :, :, 0], expected)
+
+
+# --- batch normalisation --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(96, 6), (7, 3), (64, 128), (512, 16)],
+                         ids=lambda s: f"{s[0]}x{s[1]}")
+def test_channel_sum_fast_matches_definition(shape, dtype) -> None:
+    x = jax.random.normal(jax.random.key(0), shape, jnp.float32).astype(dtype)
+    compare(norm_ops.channel_sum_cpu, norm_ops.channel_sum_xla, (x,), dtype,
+            f"channel_sum {shape}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("divide", [False, True], ids=["rsqrt", "book"])
+@pytest.mark.parametrize("shape", [(96, 6), (7, 3), (64, 128)], ids=lambda s: f"{s[0]}x{s[1]}")
+def test_batch_norm_fast_matches_definition(shape, divide: bool, dtype) -> None:
+    kx, ks, kb = jax.random.split(jax.random.key(0), 3)
+    x = (jax.random.normal(kx, shape, jnp.float32) * 3 + 1).astype(dtype)
+    scale = (1 + 0.1 * jax.random.normal(ks, shape[1:], jnp.float32)).astype(dtype)
+    bias = (0.1 * jax.random.normal(kb, shape[1:], jnp.float32)).astype(dtype)
+
+    def run(mode: str):
+        def f(a, s, b):
+            return ops.batch_norm_train(a, s, b, 1e-5, divide)
+
+        with ops.use_kernels(mode):
+            return values_and_grads(f, (x, scale, bias))
+
+    with ops.use_kernels("auto"):
+        assert ops.fast_cpu_kernels() == (jax.default_backend() == "cpu")
+    for a, b in zip(jax.tree.leaves(run("auto")), jax.tree.leaves(run("xla")), strict=True):
+        assert_close(a, b, dtype, f"batch_norm_train {shape} divide={divide}")
+    # The closed-form gradient is the autodiff gradient of the forward formula.
+    def formula(a, s, b):
+        mean = a.mean(0)
+        var = ((a - mean) ** 2).mean(0)
+        x_hat = (a - mean) / jnp.sqrt(var + 1e-5)
+        return x_hat * s + b, mean, var
+
+    if dtype == jnp.float32:
+        for a, b in zip(jax.tree.leaves(run("xla")),
+                        jax.tree.leaves(values_and_grads(formula, (x, scale, bias))),
+                        strict=True):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4,
+                                       atol=1e-4 * float(np.max(np.abs(np.asarray(b)))))
+
+
+# --- the switch -----------------------------------------------------------------------------
+
+
+def test_default_mode_is_auto_and_env_var_sets_it(monkeypatch) -> None:
+    assert ops.kernels() == "auto"
+    for value, mode in (("xla", "xla"), (" XLA ", "xla"), ("auto", "auto"), ("", "auto")):
+        monkeypatch.setenv("JAXCNN_KERNELS", value)
+        assert ops.kernels() == mode
+    monkeypatch.setenv("JAXCNN_KERNELS", "xla")
+    assert not ops.fast_cpu_kernels()
+
+
+def test_invalid_env_var_names_the_variable_and_the_modes(monkeypatch) -> None:
+    monkeypatch.setenv("JAXCNN_KERNELS", "fast")
+    with pytest.raises(ValueError, match=r"JAXCNN_KERNELS='fast'.*'auto', 'xla'"):
+        ops.kernels()
+    ops.set_kernels("xla")  # an explicit mode overrides the variable
+    assert ops.kernels() == "xla"
+    with pytest.raises(ValueError, match="'auto', 'xla'"):
+        ops.set_kernels("cudnn")
+
+
+def test_use_kernels_restores_the_previous_setting(monkeypatch) -> None:
+    monkeypatch.setenv("JAXCNN_KERNELS", "xla")
+    with ops.use_kernels("auto"):
+        assert ops.kernels() == "auto"
+        with ops.use_kernels("xla"):
+            assert ops.kernels() == "xla"
+        assert ops.kernels() == "auto"
+    assert ops.kernels() == "xla" and select._mode is None  # back to the variable
+    with pytest.raises(RuntimeError), ops.use_kernels("auto"):
+        raise RuntimeError
+    assert ops.kernels() == "xla"
+
+
+def test_mode_is_chosen_at_trace_time_and_jitted_functions_retrace() -> None:
+    seen: list[str] = []
+
+    @jax.jit
+    def f(x, k):
+        seen.append(ops.kernels())
+        return ops.conv2d(x, k, (1, 1), (0, 0))
+
+    x, k = jnp.ones((1, 5, 5, 1)), jnp.ones((3, 3, 1, 2))
+    jaxpr = {m: str(jax.make_jaxpr(lambda a, b: ops.conv2d(a, b, (1, 1), (0, 0)))(x, k))
+             for m in ("auto", "xla") if not ops.set_kernels(m)}
+    ops.set_kernels("auto")
+    assert ("custom_vjp_call" in jaxpr["auto"]) == (jax.default_backend() == "cpu")
+    assert "custom_vjp_call" not in jaxpr["xla"] and "conv_general_dilated" in jaxpr["xla"]
+    f(x, k)
+    with ops.use_kernels("xla"):
+        f(x, k)
+    f(x, k)
+    assert seen == ["auto", "xla", "auto"]
+
+
+def test_lenet_bn_forward_and_gradients_agree_across_modes() -> None:
+    """A whole model (conv: shift and im2col paths, max pool, batch norm) under both modes."""
+    model = create_model("lenet_bn")
+    x = jax.random.normal(jax.random.key(1), (16, 28, 28, 1))
+    variables = model.init(jax.random.key(0), x[:1])
+    ct = jax.random.normal(jax.random.key(2), (16, 10))
+
+    def loss(params):
+        logits, state = model.apply({**variables, "params": params}, x, train=True,
+                                    mutable=["batch_stats"])
+        return jnp.sum(logits * ct), (logits, state)
+
+    results = {}
+    for mode in ("auto", "xla"):
+        with ops.use_kernels(mode):
+            results[mode] = jax.jit(jax.value_and_grad(loss, has_aux=True))(variables["params"])
+    # Scaled by the largest value of each part (loss, logits, statistics, gradients): the
+    # gradients of the biases before a batch norm are zero up to rounding.
+    for part_a, part_b in zip(jax.tree.leaves(results["auto"], is_leaf=_is_part),
+                              jax.tree.leaves(results["xla"], is_leaf=_is_part), strict=True):
+        leaves_b = [np.asarray(b) for b in jax.tree.leaves(part_b)]
+        scale = max(float(np.max(np.abs(b))) for b in leaves_b)
+        for a, b in zip(jax.tree.leaves(part_a), leaves_b, strict=True):
+            np.testing.assert_allclose(np.asarray(a), b, rtol=1e-4, atol=1e-4 * scale)
+
+
+def _is_part(t) -> bool:
+    return isinstance(t, dict)
