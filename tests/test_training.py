@@ -585,3 +585,21 @@ def test_precision_is_validated():
         TrainConfig(model="lenet", precision="float16")
     assert TrainConfig.from_dict(TrainConfig(model="lenet", precision="bfloat16").to_dict()
                                  ).precision == "bfloat16"
+
+
+def test_resolve_config_is_one_path_for_presets_models_and_overrides():
+    from jaxcnn.training import default_preset, resolve_config
+
+    cfg = resolve_config("vgg11_small", epochs=2, limit_test=None, optimizer={"lr": 0.01})
+    assert (cfg.model, cfg.model_config["ratio"], cfg.epochs, cfg.optimizer.lr) == (
+        "vgg11", 8, 2, 0.01)
+    assert resolve_config("vgg11_small", model="nin").resize == 224  # the new model's size
+    assert resolve_config(model="lenet", resize=28).resize is None
+    sgd = resolve_config("lenet", optimizer={"name": "sgd", "momentum": 0.9})
+    assert resolve_config(sgd, optimizer={"name": "adam"}).optimizer.momentum == 0.0
+    assert (default_preset("vgg11"), default_preset("lenet"), default_preset("vgg")) == (
+        "vgg11_small", "lenet", None)
+    with pytest.raises(ValueError, match="--bn does not apply"):
+        resolve_config(model="lenet", model_config={"bn": "torch"})
+    with pytest.raises(KeyError):
+        resolve_config(model="lenett")
