@@ -1,5 +1,5 @@
-"""``jaxcnn compare`` and :mod:`torch_ref.compare`: short paired runs on real Fashion-MNIST,
-the torch side's data, the seed study and the CLI's errors.
+"""``jaxcnn compare`` and :mod:`torch_ref.crosscheck.compare`: short paired runs on real
+Fashion-MNIST, the torch side's data, the seed study and the CLI's errors.
 
 Bounds of the paired LeNet run (512 train / 256 test images, batch 64, 2 epochs = 16 Adam
 steps, book settings otherwise), measured on the development machine: per-epoch losses differ
@@ -26,9 +26,9 @@ import pytest
 import torch
 import torchvision
 
-import torch_ref.compare as tc
+import torch_ref.crosscheck.compare as tc
 from jaxcnn.cli import main
-from jaxcnn.cli.compare import TORCH_MISSING
+from jaxcnn.cli.options import TORCH_MISSING
 from jaxcnn.data import load_fashion_mnist
 from jaxcnn.testing import assert_close
 from jaxcnn.training import TrainConfig

@@ -16,10 +16,15 @@ from jaxcnn.cli import main
 from jaxcnn.convert import save_safetensors
 from jaxcnn.inspect import get_module, replace_module, torch_type
 from jaxcnn.layers import MaxPool2d, ReLU
-from jaxcnn.parity import LayerRow, ParityReport, parity_report
-from jaxcnn.parity._jax import JaxRun
-from jaxcnn.parity._run import _Context, _row
 from jaxcnn.registry import get_spec
+from torch_ref.crosscheck.parity import (
+    JaxRun,
+    LayerRow,
+    ParityReport,
+    RowContext,
+    compare_row,
+    parity_report,
+)
 
 from ._cases import TEST_CONFIGS
 
@@ -162,9 +167,9 @@ def test_max_pool_tie_at_zero_is_explained_and_a_real_difference_is_not() -> Non
         call = _call(torch.nn.MaxPool2d(2), value, value.max(keepdims=True), routed, one)
         run = JaxRun({"p": (_nhwc(value), _nhwc(value.max(keepdims=True)))}, {},
                      grads={"p": (_nhwc(routed), _nhwc(one))})
-        ctx = _Context(run, {}, {}, {}, {"p": (_nhwc(local_gx), {})},
+        ctx = RowContext(run, {}, {}, {}, {"p": (_nhwc(local_gx), {})},
                        {"p": MaxPool2d(2, 2)}, False, 1e-5)
-        return _row(call, ctx)
+        return compare_row(call, ctx)
 
     zeros = np.zeros((1, 1, 2, 2), np.float32)  # a ReLU output: the window ties at 0
     tied = row(zeros, moved)
@@ -182,13 +187,13 @@ def test_end_to_end_drift_with_agreeing_local_backward_does_not_fail() -> None:
     call = _call(torch.nn.ReLU(), value, out, g_torch * (value > 0), g_torch)
     run = JaxRun({"p": (value, out)}, {}, grads={"p": (g_jax * (value > 0), g_jax)})
     local = {"p": (g_torch * (value > 0), {})}  # fed torch's cotangent, jaxcnn's ReLU agrees
-    ctx = _Context(run, {}, {}, {}, local, {"p": ReLU()}, False, 1e-5)
-    r = _row(call, ctx)
+    ctx = RowContext(run, {}, {}, {}, local, {"p": ReLU()}, False, 1e-5)
+    r = compare_row(call, ctx)
     assert r.status == "drift" and r.local.ok and not r.grad_out.ok
     report = ParityReport("x", {}, False, True, 1, 0, (1, 2), "w", 1e-5, rows=[r])
     assert report.ok and report.drift_from is r and "drift: the end-to-end" in str(report)
-    bad = _Context(run, {}, {}, {}, {"p": (g_jax * (value > 0), {})}, {"p": ReLU()}, False, 1e-5)
-    assert _row(call, bad).status == "over"  # its own backward disagrees: a real failure
+    bad = RowContext(run, {}, {}, {}, {"p": (g_jax * (value > 0), {})}, {"p": ReLU()}, False, 1e-5)
+    assert compare_row(call, bad).status == "over"  # its own backward disagrees: a real failure
 
 
 def test_cli_parity(capsys: pytest.CaptureFixture[str]) -> None:

@@ -212,15 +212,15 @@ def test_help_has_examples(command, capsys):
 
 
 def test_preset_flags_override(capsys):
-    from jaxcnn.cli.train import resolve_config
+    from jaxcnn.cli.train import run_config
 
     parser = build_parser()
     args = parser.parse_args(["train", "--preset", "lenet_bn_scratch", "--lr", "0.01",
                               "--optimizer", "sgd", "--momentum", "0.9", "--epochs", "2"])
-    cfg = resolve_config(args._parser, args)
+    cfg = run_config(args._parser, args)
     assert (cfg.model, cfg.model_config["bn"], cfg.batch_size, cfg.epochs) == (
         "lenet_bn", "scratch", 256, 2)
     assert (cfg.optimizer.name, cfg.optimizer.lr, cfg.optimizer.momentum) == ("sgd", 0.01, 0.9)
     args = parser.parse_args(["train", "--preset", "vgg11_small", "--model", "nin"])
-    cfg = resolve_config(args._parser, args)
+    cfg = run_config(args._parser, args)
     assert (cfg.model, cfg.resize, cfg.batch_size) == ("nin", 224, 64)

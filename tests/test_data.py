@@ -300,8 +300,8 @@ def test_device_dataset_batches(shuffle: bool) -> None:
     np.testing.assert_array_equal(seen, expected)
 
 
-def test_train_test_datasets(real: data.FashionMNIST) -> None:
-    train, test = data.train_test_datasets(real)
+def test_device_dataset_splits(real: data.FashionMNIST) -> None:
+    train, test = data.DeviceDataset.splits(real)
     assert (len(train), len(test)) == (60000, 10000)
     np.testing.assert_array_equal(np.asarray(test.images[:5]), real.test_images[:5])
     np.testing.assert_array_equal(np.asarray(train.labels), real.train_labels.astype(np.int32))

@@ -14,7 +14,7 @@ import pytest
 from jaxcnn import create_model
 from jaxcnn.data import DeviceDataset, load_fashion_mnist, preprocess
 from jaxcnn.training import (
-    TRACE_COUNTS,
+    PRESETS,
     CheckpointError,
     Checkpoints,
     EpochStats,
@@ -26,7 +26,6 @@ from jaxcnn.training import (
     epoch_learning_rates,
     evaluate_accuracy,
     fit,
-    get_preset,
     latest_epoch,
     load_checkpoint,
     lr_schedule,
@@ -35,9 +34,10 @@ from jaxcnn.training import (
     resume_conflicts,
     train,
     train_epoch,
+    train_scan,
     train_step,
-    train_steps,
 )
+from jaxcnn.training.steps import count_correct
 
 TIMING = ("time", "images_per_sec")
 
@@ -313,15 +313,15 @@ def test_steps_per_call_trains_exactly_as_one_step_per_call(datasets, model_name
         np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=1e-5, atol=1e-6)
 
 
-def test_train_steps_returns_per_step_metrics_and_refuses_flat_indices(lenet_setup, datasets):
+def test_train_scan_returns_per_step_metrics_and_refuses_flat_indices(lenet_setup, datasets):
     train_ds, _ = datasets
     state = _fresh(lenet_setup)
     idx = jnp.arange(3 * 16, dtype=jnp.int32).reshape(3, 16)
-    state, m = train_steps(state, train_ds.images, train_ds.labels, idx)
+    state, m = train_scan(state, train_ds.images, train_ds.labels, idx)
     assert int(state.step) == 3 and m["loss"].shape == (3,)
     np.testing.assert_array_equal(np.asarray(m["count"]), [16, 16, 16])
     with pytest.raises(ValueError, match=r"\(steps, batch\)"):
-        train_steps(state, train_ds.images, train_ds.labels, idx.ravel())
+        train_scan(state, train_ds.images, train_ds.labels, idx.ravel())
 
 
 def test_steps_per_call_needs_device_data(lenet_setup):
@@ -338,12 +338,13 @@ def test_no_recompilation_after_first_epoch(lenet_setup, datasets):
     train_ds, test_ds = datasets
     batch = 96  # a batch size no other test uses: 7 batches, the last of 24
     state = _fresh(lenet_setup)
-    before = TRACE_COUNTS["train_step"], TRACE_COUNTS["eval_step"]
+    # compilations = entries added to each jitted function's cache
+    before = train_step._cache_size(), count_correct._cache_size()
     seen = []
 
     def on_epoch_end(state, history):
-        seen.append((TRACE_COUNTS["train_step"] - before[0],
-                     TRACE_COUNTS["eval_step"] - before[1], int(state.step)))
+        seen.append((train_step._cache_size() - before[0],
+                     count_correct._cache_size() - before[1], int(state.step)))
 
     fit(state, train_ds, test_ds, epochs=3, batch_size=batch, on_epoch_end=on_epoch_end,
         log=None, progress=False)
@@ -494,7 +495,7 @@ def test_nan_stops_naming_the_step_and_keeps_last_checkpoint(lenet_setup, datase
     ("nin", "nin", 224, 128, 0.002, {}),
 ])
 def test_presets_are_the_books(name, model, resize, batch, lr, extra):
-    cfg = get_preset(name)
+    cfg = PRESETS[name][0]
     assert (cfg.model, cfg.resize, cfg.batch_size, cfg.epochs) == (model, resize, batch, 5)
     assert (cfg.optimizer.name, cfg.optimizer.lr, cfg.optimizer.schedule) == ("adam", lr,
                                                                               "constant")
@@ -584,3 +585,21 @@ def test_precision_is_validated():
         TrainConfig(model="lenet", precision="float16")
     assert TrainConfig.from_dict(TrainConfig(model="lenet", precision="bfloat16").to_dict()
                                  ).precision == "bfloat16"
+
+
+def test_resolve_config_is_one_path_for_presets_models_and_overrides():
+    from jaxcnn.training import default_preset, resolve_config
+
+    cfg = resolve_config("vgg11_small", epochs=2, limit_test=None, optimizer={"lr": 0.01})
+    assert (cfg.model, cfg.model_config["ratio"], cfg.epochs, cfg.optimizer.lr) == (
+        "vgg11", 8, 2, 0.01)
+    assert resolve_config("vgg11_small", model="nin").resize == 224  # the new model's size
+    assert resolve_config(model="lenet", resize=28).resize is None
+    sgd = resolve_config("lenet", optimizer={"name": "sgd", "momentum": 0.9})
+    assert resolve_config(sgd, optimizer={"name": "adam"}).optimizer.momentum == 0.0
+    assert (default_preset("vgg11"), default_preset("lenet"), default_preset("vgg")) == (
+        "vgg11_small", "lenet", None)
+    with pytest.raises(ValueError, match="--bn does not apply"):
+        resolve_config(model="lenet", model_config={"bn": "torch"})
+    with pytest.raises(KeyError):
+        resolve_config(model="lenett")

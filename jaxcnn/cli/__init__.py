@@ -1,35 +1,77 @@
 """The ``jaxcnn`` command line.
 
-Each subcommand lives in its own module of this package and exposes
+Built-in commands (:data:`BUILTIN`) are modules of this package; each exposes
 ``register(subparsers) -> None``, which adds its parser and sets ``func`` (``args -> int``
-exit status) as the parser's default. Modules are found automatically.
+exit status) as the parser's default. Other packages add commands the way pytest plugins
+register: an entry point in the group :data:`ENTRY_POINT_GROUP` naming such a ``register``
+function, e.g. in ``pyproject.toml``::
+
+    [project.entry-points."jaxcnn.commands"]
+    parity = "torch_ref.crosscheck.cli:register_parity"
+
+A plugin whose import fails (the torch extra is not installed) is still listed; running it
+prints one message saying how to install the extra, and exits 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import pkgutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from importlib.metadata import entry_points
+from typing import Any
 
-# Listing order in --help; modules not named here follow alphabetically.
-_ORDER = ("train", "eval", "export", "summary", "parity", "compare", "bench")
+from .options import TORCH_MISSING
+
+BUILTIN = ("train", "eval", "export", "summary")
+ENTRY_POINT_GROUP = "jaxcnn.commands"
+# Listing order in --help; plugins not named here follow alphabetically.
+_ORDER = (*BUILTIN, "parity", "compare", "bench")
 
 
-def _command_modules() -> list[str]:
-    found = [m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")]
-    return sorted(found, key=lambda n: (_ORDER.index(n) if n in _ORDER else len(_ORDER), n))
+def plugins() -> dict[str, Callable[[Any], None] | ImportError]:
+    """``{command: register function}`` of the installed entry points; the ImportError in place
+    of the function when the plugin cannot be imported (its extra is missing)."""
+    found: dict[str, Callable[[Any], None] | ImportError] = {}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name in BUILTIN or ep.name in found:
+            continue
+        try:
+            found[ep.name] = ep.load()
+        except ImportError as e:
+            found[ep.name] = e
+    return found
+
+
+def _unavailable(name: str, error: ImportError) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        print(f"jaxcnn {name} {TORCH_MISSING} ({error})", file=sys.stderr)
+        return 2
+
+    return run
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``jaxcnn`` parser: the built-in commands, then the installed plugins."""
     parser = argparse.ArgumentParser(
         prog="jaxcnn",
         description="The CNNs of Dive into Deep Learning ch. 5 in JAX, checked against PyTorch.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in _command_modules():
-        importlib.import_module(f"{__name__}.{name}").register(sub)
+    commands: dict[str, Callable[[Any], None] | ImportError] = {
+        name: importlib.import_module(f"{__name__}.{name}").register for name in BUILTIN}
+    commands.update(plugins())
+    order = sorted(commands, key=lambda n: (_ORDER.index(n) if n in _ORDER else len(_ORDER), n))
+    for name in order:
+        register = commands[name]
+        if isinstance(register, ImportError):
+            p = sub.add_parser(name, help=f"(unavailable: {TORCH_MISSING})", add_help=False,
+                               prefix_chars="\0")  # takes any arguments: none are parsed
+            p.add_argument("rest", nargs=argparse.REMAINDER)
+            p.set_defaults(func=_unavailable(name, register))
+        else:
+            register(sub)
     return parser
 
 
@@ -37,7 +79,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     return int(args.func(args) or 0)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

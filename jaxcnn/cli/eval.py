@@ -7,12 +7,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ._args import positive_int
-from .train import (
-    add_model_args,
+from .options import (
+    add_config_options,
+    add_model_options,
     check_input_size,
+    config_overrides,
     enable_compilation_cache,
-    model_config,
+    model_overrides,
+    positive_int,
+    resolve,
 )
 
 EPILOG = """\
@@ -41,25 +44,27 @@ def register(subparsers: Any) -> None:
     src.add_argument("--epoch", type=positive_int, help="--workdir: this epoch's checkpoint "
                      "(default: the latest)")
     m = p.add_argument_group("model (with --weights)")
-    add_model_args(m)
+    add_model_options(m, positional=False)
+    add_config_options(m, ["resize"])
     d = p.add_argument_group("data")
     d.add_argument("--batch-size", type=positive_int, metavar="B",
                    help="default: the run's, else 256")
-    d.add_argument("--limit-test", type=positive_int, metavar="N",
-                   help="the first N test images (default: the run's setting, else all)")
+    add_config_options(d, ["limit_test"], help={
+        "limit_test": "the first N test images (default: the run's setting, else all)"})
     d.add_argument("--data-dir", metavar="DIR", help="Fashion-MNIST IDX files")
     d.add_argument("--no-download", action="store_true", help="never download the data")
     p.set_defaults(func=run, _parser=p)
 
 
-def _resolve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Any:
-    from ..training import TrainConfig, default_resize, latest_epoch, read_meta
+def run_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Any:
+    """The run's config (``--workdir``) or that of ``--model`` and its options."""
+    from ..training import TrainConfig, latest_epoch, read_meta
 
     if (args.workdir is None) == (args.weights is None):
         parser.error("give exactly one of --workdir DIR and --weights FILE")
     if args.workdir is not None:
-        flags = [f for f, v in (("--model", args.model), ("--bn", args.bn),
-                                ("--ratio", args.ratio), ("--resize", args.resize)) if v]
+        flags = [f for f, v in (("--model", args.model), ("--resize", args.resize)) if v]
+        flags += [f"--{k.replace('_', '-')}" for k in model_overrides(args)]
         if flags:
             parser.error(f"{', '.join(flags)}: a --workdir run carries its own model config")
         if latest_epoch(args.workdir) is None:
@@ -76,26 +81,22 @@ def _resolve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Any:
         parser.error("--weights needs --model NAME (and --bn/--ratio as the model was built)")
     if not args.weights.is_file():
         parser.error(f"--weights: no file at {args.weights}")
-    cfg = model_config(parser, args.model, {}, args)
-    resize = default_resize(args.model) if args.resize is None else args.resize
-    try:
-        config = TrainConfig(model=args.model, model_config=cfg,
-                             resize=None if resize == 28 else resize)
-    except (ValueError, TypeError) as e:
-        parser.error(str(e))
+    overrides = config_overrides(args)
+    overrides.pop("limit_test")  # applied to either source in run()
+    config = resolve(parser, None, **overrides)
     check_input_size(parser, config)
     return config
 
 
 def run(args: argparse.Namespace) -> int:
     parser = args._parser
-    config = _resolve(parser, args)
+    config = run_config(parser, args)
     enable_compilation_cache()
 
     import dataclasses
 
     from ..convert import StateDictError, from_torch_state_dict, load_safetensors
-    from ..data import DataError, DeviceDataset, load_fashion_mnist
+    from ..data import DataError, DeviceDataset, load_splits
     from ..models import build_model
     from ..training import evaluate_accuracy, load_checkpoint
 
@@ -114,9 +115,9 @@ def run(args: argparse.Namespace) -> int:
             return 2
         what = str(args.weights)
     try:
-        fm = load_fashion_mnist(args.data_dir, download=not args.no_download)
-        test = DeviceDataset.from_arrays(fm.test_images[: config.limit_test],
-                                         fm.test_labels[: config.limit_test])
+        fm = load_splits(args.data_dir, limit_train=0, limit_test=config.limit_test,
+                         download=not args.no_download)
+        test = DeviceDataset.from_arrays(fm.test_images, fm.test_labels)
     except DataError as e:
         print(f"jaxcnn eval: error: {e}", file=sys.stderr)
         return 2

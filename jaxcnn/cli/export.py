@@ -7,8 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ._args import positive_int
-from .train import enable_compilation_cache
+from .options import enable_compilation_cache, positive_int
 
 EPILOG = """\
 examples:

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import ast
-import dataclasses
 import json
 import sys
 from typing import Any
 
-from ._args import non_negative_int
+from .options import add_model_options, model_overrides, non_negative_int
 
 EPILOG = """\
 examples:
@@ -20,67 +18,6 @@ examples:
 
 Shapes are given and shown in --layout (NCHW like torch by default); the model computes in NHWC.
 """
-
-
-def _parse_value(default: Any) -> Any:
-    def parse(text: str) -> Any:
-        if isinstance(default, bool):
-            if text.lower() in ("1", "true", "yes"):
-                return True
-            if text.lower() in ("0", "false", "no"):
-                return False
-            raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-        if isinstance(default, int):
-            try:
-                return int(text)
-            except ValueError:
-                raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if isinstance(default, tuple):
-            try:
-                return ast.literal_eval(text)
-            except (ValueError, SyntaxError):
-                raise argparse.ArgumentTypeError(
-                    f"expected a Python literal such as ((1, 1, 8), (2, 8, 16)), got {text!r}"
-                ) from None
-        return text
-
-    return parse
-
-
-def _config_fields() -> dict[str, tuple[list[Any], list[str]]]:
-    """Every config option of the registry: ``{field: ([defaults], [models])}``."""
-    from ..registry import get_spec, list_models
-
-    fields: dict[str, tuple[list[Any], list[str]]] = {}
-    for name in list_models():
-        for f in dataclasses.fields(get_spec(name).config):
-            default = f.default if f.default is not dataclasses.MISSING else ""
-            defaults, models = fields.setdefault(f.name, ([], []))
-            if default not in defaults:
-                defaults.append(default)
-            models.append(name)
-    return fields
-
-
-def add_model_arguments(p: argparse.ArgumentParser) -> None:
-    """``MODEL`` and one ``--option`` per registry config field (``--ratio``, ``--bn``, ...)."""
-    from ..registry import list_models
-
-    p.add_argument("model", metavar="MODEL", help=f"registered model: {', '.join(list_models())}")
-    group = p.add_argument_group("model options (registry config fields)")
-    for field, (defaults, models) in _config_fields().items():
-        shown = repr(defaults[0]) if len(defaults) == 1 else "per model"
-        try:
-            group.add_argument(f"--{field.replace('_', '-')}", dest=field, metavar="V",
-                               type=_parse_value(defaults[0]), default=argparse.SUPPRESS,
-                               help=f"default {shown}; models: {', '.join(models)}")
-        except argparse.ArgumentError:  # an option name the command already uses
-            continue
-
-
-def model_config(args: argparse.Namespace) -> dict[str, Any]:
-    """The config overrides given on the command line."""
-    return {f: getattr(args, f) for f in _config_fields() if hasattr(args, f)}
 
 
 def _shape(text: str) -> tuple[int, ...]:
@@ -103,7 +40,7 @@ def register(subparsers: Any) -> None:
         description="List a model's layers (torch names and types) with their output shapes "
                     "and parameter counts for one input shape.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_model_arguments(p)
+    add_model_options(p)
     p.add_argument("--input-shape", type=_shape, metavar="N,C,H,W",
                    help="input shape in --layout (default: batch 1 at the model's size)")
     p.add_argument("--layout", choices=("NCHW", "NHWC"), default="NCHW",
@@ -123,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     from ..registry import get_spec, make_config
 
     try:
-        cfg = make_config(args.model, **model_config(args))
+        cfg = make_config(args.model, **model_overrides(args))
     except (KeyError, TypeError, ValueError) as e:
         print(f"jaxcnn summary: {e.args[0] if e.args else e}", file=sys.stderr)
         return 2

@@ -9,7 +9,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ._args import non_negative_int, positive_float, positive_int
+from .options import (
+    add_config_options,
+    add_model_options,
+    check_input_size,
+    config_overrides,
+    enable_compilation_cache,
+    non_negative_int,
+    positive_int,
+    resolve,
+)
 
 EPILOG = """\
 presets (the book's chapter-5 runs; Adam, 5 epochs; any flag overrides them):
@@ -31,119 +40,10 @@ and leaves the last good checkpoint as it was.
 """
 
 
-def non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
-def enable_compilation_cache() -> None:
-    """Keep XLA's compiled programs in ``~/.cache/jaxcnn/xla`` (``$XDG_CACHE_HOME``) so that
-    later runs skip most compilation; an explicit ``JAX_COMPILATION_CACHE_DIR`` (empty: off)
-    wins."""
-    import os
-
-    import jax
-
-    if "JAX_COMPILATION_CACHE_DIR" in os.environ or jax.config.jax_compilation_cache_dir:
-        return
-    from ..data import default_cache_dir
-
-    jax.config.update("jax_compilation_cache_dir", str(default_cache_dir().parent / "xla"))
-
-
-def add_model_args(p: argparse.ArgumentParser | Any) -> None:
-    """``--model``, ``--bn``, ``--ratio``, ``--resize`` (shared with ``jaxcnn eval``)."""
-    from ..registry import list_models
-
-    p.add_argument("--model", metavar="NAME",
-                   help=f"registered model: {', '.join(list_models())}")
-    p.add_argument("--bn", choices=("torch", "scratch"),
-                   help="lenet_bn only: nn.BatchNorm ('torch') or the book's BatchNorm "
-                        "('scratch')")
-    p.add_argument("--ratio", type=positive_int,
-                   help="vgg11 only: divide every width by RATIO (the book trains 8)")
-    p.add_argument("--resize", type=positive_int, metavar="S",
-                   help="resize the 28x28 images to SxS (PIL bilinear, as torchvision); "
-                        "default: the model's input size (224 for alexnet, vgg11, nin)")
-
-
-def model_config(parser: argparse.ArgumentParser, model: str, base: dict[str, Any],
-                 args: argparse.Namespace) -> dict[str, Any]:
-    """``base`` with ``--bn``/``--ratio`` applied; refuses options the model does not have."""
-    from ..registry import get_spec
-
-    try:
-        spec = get_spec(model)
-    except KeyError as e:
-        parser.error(str(e.args[0]))
-    fields = {f.name for f in dataclasses.fields(spec.config)}
-    out = dict(base)
-    for flag, key, hint in (("--bn", "bn", "use --model lenet_bn for BatchNorm"),
-                            ("--ratio", "ratio", "only vgg11 takes a width ratio")):
-        value = getattr(args, key)
-        if value is None:
-            continue
-        if key not in fields:
-            parser.error(f"{flag} does not apply to model {model!r} ({hint})")
-        out[key] = value
-    return out
-
-
-def check_input_size(parser: argparse.ArgumentParser, config: Any) -> None:
-    """Refuse a resize the model cannot take (shape inference only, no compute)."""
-    import jax
-    import jax.numpy as jnp
-
-    from ..models import build_model
-
-    cfg = config.model_cfg()
-    shape = (1, config.input_size, config.input_size, cfg.in_channels)
-    try:
-        jax.eval_shape(lambda: build_model(cfg).init(jax.random.PRNGKey(0),
-                                                     jnp.zeros(shape), train=False))
-    except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        parser.error(f"model {config.model!r} cannot take {config.input_size}x"
-                     f"{config.input_size} input (--resize): {first}")
-
-
-def _optimizer(parser: argparse.ArgumentParser, base: Any, args: argparse.Namespace) -> Any:
-    from ..training import OptimizerConfig
-
-    changes = {k: getattr(args, a) for k, a in (
-        ("name", "optimizer"), ("lr", "lr"), ("momentum", "momentum"),
-        ("weight_decay", "weight_decay"), ("schedule", "schedule"),
-        ("step_size", "step_size"), ("gamma", "gamma")) if getattr(args, a) is not None}
-    if args.nesterov:
-        changes["nesterov"] = True
-    d = {**base.to_dict(), **changes}
-    if d["name"] != "sgd" and "name" in changes and "momentum" not in changes:
-        d["momentum"], d["nesterov"] = 0.0, False  # switching away from a preset's sgd
-    if d["schedule"] != "step" and (args.step_size is not None or args.gamma is not None):
-        parser.error("--step-size and --gamma apply to --schedule step only")
-    try:
-        return OptimizerConfig.from_dict(d)
-    except ValueError as e:
-        parser.error(str(e))
-
-
-def resolve_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Any:
+def run_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Any:
     """The :class:`~jaxcnn.training.TrainConfig` of the flags (preset, checkpoint when
     resuming, then every explicit flag on top); refuses bad combinations via ``parser.error``."""
-    from ..training import (
-        PRESETS,
-        CheckpointError,
-        TrainConfig,
-        default_resize,
-        latest_epoch,
-        read_meta,
-        resume_conflicts,
-    )
+    from ..training import CheckpointError, TrainConfig, latest_epoch, read_meta, resume_conflicts
 
     saved = done = None
     if args.resume:
@@ -164,43 +64,7 @@ def resolve_config(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
     if args.plot and args.workdir is None:
         parser.error("--plot writes WORKDIR/curves.png: give --workdir")
 
-    if args.preset is not None:
-        base = PRESETS[args.preset][0]
-    elif saved is not None:
-        base = saved
-    elif args.model is not None:
-        base = None
-    else:
-        parser.error("say what to train: --preset NAME or --model NAME "
-                     f"(presets: {', '.join(PRESETS)})")
-
-    model = args.model or base.model
-    if base is None or model != base.model:
-        model_base: dict[str, Any] = {}
-        try:
-            resize = default_resize(model)
-        except KeyError as e:
-            parser.error(str(e.args[0]))
-        base = base or TrainConfig(model="lenet")
-    else:
-        model_base, resize = dict(base.model_config), base.resize
-    if args.resize is not None:
-        resize = None if args.resize == 28 else args.resize
-    try:
-        config = TrainConfig(
-            model=model,
-            model_config=model_config(parser, model, model_base, args),
-            resize=resize,
-            batch_size=args.batch_size or base.batch_size,
-            epochs=args.epochs or base.epochs,
-            optimizer=_optimizer(parser, base.optimizer, args),
-            seed=base.seed if args.seed is None else args.seed,
-            limit_train=args.limit_train or base.limit_train,
-            limit_test=args.limit_test or base.limit_test,
-            precision=args.precision or base.precision,
-        )
-    except (ValueError, TypeError) as e:
-        parser.error(str(e))
+    config = resolve(parser, args.preset or saved, **config_overrides(args))
     if saved is not None:
         problems = resume_conflicts(saved, config, done)
         if problems:
@@ -212,7 +76,7 @@ def resolve_config(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
 
 
 def register(subparsers: Any) -> None:
-    from ..training import OPTIMIZERS, PRECISIONS, PRESETS, SCHEDULES
+    from ..training import PRESETS
 
     presets = "\n".join(
         f"  {name:<17} {cfg.model}{''.join(f' {k}={v}' for k, v in _overrides(cfg).items())}, "
@@ -227,41 +91,20 @@ def register(subparsers: Any) -> None:
         epilog=EPILOG.format(presets=presets), formatter_class=argparse.RawDescriptionHelpFormatter)
     what = p.add_argument_group("what to train")
     what.add_argument("--preset", choices=list(PRESETS), help="a chapter's model and settings")
-    add_model_args(what)
+    add_model_options(what, positional=False)
+    add_config_options(what, ["resize"])
     how = p.add_argument_group("how (defaults: the preset's, else adam, lr 0.001, batch 256, "
                                "5 epochs)")
-    how.add_argument("--epochs", type=positive_int, help="total epochs (with --resume: "
-                     "train up to this many)")
-    how.add_argument("--batch-size", type=positive_int, metavar="B")
-    how.add_argument("--lr", type=positive_float, help="base learning rate")
-    how.add_argument("--optimizer", choices=OPTIMIZERS,
-                     help="torch.optim semantics: sgd (coupled weight decay), adam (coupled, "
-                          "L2), adamw (decoupled, default weight decay 0.01)")
-    how.add_argument("--momentum", type=non_negative_float, help="sgd momentum (default 0)")
-    how.add_argument("--nesterov", action="store_true", help="sgd Nesterov momentum")
-    how.add_argument("--weight-decay", type=non_negative_float, metavar="WD",
-                     help="torch's weight_decay (default 0; adamw 0.01)")
-    how.add_argument("--schedule", choices=SCHEDULES,
-                     help="per-epoch learning rate: constant (default), step (StepLR), cosine "
-                          "(CosineAnnealingLR, T_max = epochs)")
-    how.add_argument("--step-size", type=positive_int, metavar="EPOCHS",
-                     help="--schedule step: decay every EPOCHS epochs (default 1)")
-    how.add_argument("--gamma", type=positive_float,
-                     help="--schedule step: decay factor (default 0.1)")
-    how.add_argument("--precision", choices=PRECISIONS,
-                     help="bfloat16: mixed precision (compute in bfloat16; parameters, "
-                          "optimizer, BatchNorm and loss in float32), for GPUs "
-                          "(default float32)")
+    add_config_options(how, [
+        "epochs", "batch_size", "optimizer.lr", "optimizer.name", "optimizer.momentum",
+        "optimizer.nesterov", "optimizer.weight_decay", "optimizer.schedule",
+        "optimizer.step_size", "optimizer.gamma", "precision"],
+        help={"epochs": "total epochs (with --resume: train up to this many)"})
     how.add_argument("--steps-per-call", type=positive_int, default=1, metavar="K",
                      help="run K updates per compiled call (lax.scan over batches gathered on "
                           "the device): the same training, less dispatch; try 50+ on a GPU "
                           "(default 1)")
-    how.add_argument("--seed", type=non_negative_int,
-                     help="init, dropout and shuffling seed (default 0)")
-    how.add_argument("--limit-train", type=positive_int, metavar="N",
-                     help="train on the first N training images only")
-    how.add_argument("--limit-test", type=positive_int, metavar="N",
-                     help="test on the first N test images only")
+    add_config_options(how, ["seed", "limit_train", "limit_test"])
     out = p.add_argument_group("where")
     out.add_argument("--workdir", type=Path, metavar="DIR",
                      help="checkpoints, metrics.jsonl, config.json (and curves.png) go here")
@@ -287,11 +130,11 @@ def _overrides(cfg: Any) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = resolve_config(args._parser, args)
+    config = run_config(args._parser, args)
     enable_compilation_cache()
 
-    from ..data import DataError
-    from ..training import CheckpointError, NonFiniteError, load_datasets, train
+    from ..data import DataError, DeviceDataset, load_splits
+    from ..training import CheckpointError, NonFiniteError, train
 
     opt = config.optimizer
     extra = "".join(f" {k}={v}" for k, v in _overrides(config).items())
@@ -304,7 +147,9 @@ def run(args: argparse.Namespace) -> int:
           flush=True)
     start = time.perf_counter()
     try:
-        datasets = load_datasets(config, args.data_dir, download=not args.no_download)
+        datasets = DeviceDataset.splits(load_splits(
+            args.data_dir, limit_train=config.limit_train, limit_test=config.limit_test,
+            download=not args.no_download))
         result = train(config, args.workdir, resume=args.resume, keep=args.keep,
                        plot=args.plot, log=lambda s: print(s, flush=True),
                        log_every=args.log_every, datasets=datasets,

@@ -59,6 +59,12 @@ class DeviceDataset:
         self.labels = labels
 
     @classmethod
+    def splits(cls, fm: FashionMNIST) -> tuple[DeviceDataset, DeviceDataset]:
+        """The train and test splits of ``fm`` (e.g. from :func:`load_splits`) on the device."""
+        return (cls.from_arrays(fm.train_images, fm.train_labels),
+                cls.from_arrays(fm.test_images, fm.test_labels))
+
+    @classmethod
     def from_arrays(cls, images: np.ndarray | jax.Array, labels: np.ndarray | jax.Array):
         """Copy uint8 images ``(N, H, W)`` and integer labels ``(N,)`` to the device."""
         images_np, labels_np = np.asarray(images), np.asarray(labels)
@@ -88,11 +94,3 @@ class DeviceDataset:
         order = order.astype(np.int32)
         for start, stop in batch_slices(n, batch_size):
             yield _gather(self.images, self.labels, order[start:stop])
-
-
-def train_test_datasets(fm: FashionMNIST) -> tuple[DeviceDataset, DeviceDataset]:
-    """The train and test splits of ``fm`` as :class:`DeviceDataset` s."""
-    return (
-        DeviceDataset.from_arrays(fm.train_images, fm.train_labels),
-        DeviceDataset.from_arrays(fm.test_images, fm.test_labels),
-    )

@@ -107,6 +107,17 @@ def load_fashion_mnist(
     return _load_cache(cache, download=True)
 
 
+def load_splits(data_dir: str | os.PathLike[str] | None = None, *,
+                limit_train: int | None = None, limit_test: int | None = None,
+                download: bool = True) -> FashionMNIST:
+    """:func:`load_fashion_mnist`, cut to the first ``limit_train`` training and ``limit_test``
+    test examples (``None``: all): uint8 images ``(N, 28, 28)``, labels ``(N,)``. The one
+    loader of every command; the resize happens per batch (:func:`preprocess`)."""
+    fm = load_fashion_mnist(data_dir, download=download)
+    return FashionMNIST(fm.train_images[:limit_train], fm.train_labels[:limit_train],
+                        fm.test_images[:limit_test], fm.test_labels[:limit_test], fm.source)
+
+
 def _read_all(directory: Path, fix: str) -> dict[str, np.ndarray]:
     arrays = {}
     for spec in SPECS:

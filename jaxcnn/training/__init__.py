@@ -2,8 +2,11 @@
 
 - :class:`TrainState` / :func:`create_train_state`: one pytree of params, BN stats, optimizer
   state and dropout key.
-- :func:`train_step` / :func:`eval_step` / :func:`evaluate_accuracy`: jitted, preprocessing
+- :func:`train_step` (one update per call) / :func:`train_scan` (K updates per call,
+  ``lax.scan``) / :func:`eval_step` / :func:`evaluate_accuracy`: jitted, preprocessing
   (uint8 -> float NHWC, optional resize) inside.
+- :class:`TrainConfig`, :data:`PRESETS` and :func:`resolve_config` (preset or model plus
+  overrides -> config), used by every command.
 - :class:`OptimizerConfig` / :func:`make_optimizer`: sgd, adam, adamw and per-epoch schedules
   with torch.optim semantics.
 - :func:`fit` (the book's ``train_ch5``) and :func:`train` (a whole run in a workdir, with
@@ -17,24 +20,7 @@ from ._checkpoint import (
     read_meta,
     write_metrics,
 )
-from ._config import (
-    PRECISIONS,
-    PRESETS,
-    TrainConfig,
-    default_resize,
-    get_preset,
-    resume_conflicts,
-)
-from ._loop import (
-    EpochStats,
-    NonFiniteError,
-    eval_step,
-    evaluate_accuracy,
-    fit,
-    train_epoch,
-    train_step,
-)
-from ._multistep import chunk_indices, train_steps
+from ._loop import EpochStats, NonFiniteError, evaluate_accuracy, fit, train_epoch
 from ._optim import (
     OPTIMIZERS,
     SCHEDULES,
@@ -44,16 +30,24 @@ from ._optim import (
     make_optimizer,
 )
 from ._plot import plot_history
-from ._run import RunResult, init_state, load_checkpoint, load_datasets, train
+from ._run import RunResult, init_state, load_checkpoint, train
 from ._state import TrainState, create_train_state, variables_of
-from ._step import TRACE_COUNTS, update
+from .config import (
+    PRECISIONS,
+    PRESETS,
+    TrainConfig,
+    default_preset,
+    default_resize,
+    resolve_config,
+    resume_conflicts,
+)
+from .steps import chunk_indices, eval_step, train_scan, train_step, update
 
 __all__ = [
     "OPTIMIZERS",
     "PRECISIONS",
     "PRESETS",
     "SCHEDULES",
-    "TRACE_COUNTS",
     "CheckpointError",
     "Checkpoints",
     "EpochStats",
@@ -64,25 +58,25 @@ __all__ = [
     "TrainState",
     "chunk_indices",
     "create_train_state",
+    "default_preset",
     "default_resize",
     "epoch_learning_rates",
     "eval_step",
     "evaluate_accuracy",
     "fit",
-    "get_preset",
     "init_state",
     "latest_epoch",
     "load_checkpoint",
-    "load_datasets",
     "lr_schedule",
     "make_optimizer",
     "plot_history",
     "read_meta",
+    "resolve_config",
     "resume_conflicts",
     "train",
     "train_epoch",
+    "train_scan",
     "train_step",
-    "train_steps",
     "update",
     "variables_of",
     "write_metrics",

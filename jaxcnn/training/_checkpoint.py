@@ -18,10 +18,10 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from ._config import TrainConfig
 from ._loop import EpochStats
 from ._state import TrainState
-from ._step import _all_finite
+from .config import TrainConfig
+from .steps import all_finite
 
 CHECKPOINT_DIR = "checkpoints"
 METRICS_FILE = "metrics.jsonl"
@@ -73,7 +73,7 @@ class Checkpoints:
              config: TrainConfig, extra: dict[str, Any] | None = None) -> None:
         """Save ``state`` after ``epoch`` (``extra``: more JSON metadata); refuses a
         non-finite state."""
-        if not bool(_all_finite((state.params, state.batch_stats, state.opt_state))):
+        if not bool(all_finite((state.params, state.batch_stats, state.opt_state))):
             raise FloatingPointError(f"refusing to checkpoint a non-finite state (epoch {epoch})")
         meta = {"epoch": epoch, "history": [h.to_dict() for h in history],
                 "config": config.to_dict(), **(extra or {})}

@@ -11,7 +11,6 @@ import dataclasses
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from functools import partial
 from typing import Any, Protocol
 
 import flax.linen as nn
@@ -21,9 +20,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..data import epoch_order, num_batches
-from ._multistep import chunk_indices, train_steps
 from ._state import TrainState
-from ._step import TRACE_COUNTS, inputs, update
+from .steps import chunk_indices, count_correct, train_scan, train_step
 
 
 class Dataset(Protocol):
@@ -44,48 +42,9 @@ class NonFiniteError(FloatingPointError):
         self.step, self.epoch = step, epoch
 
 
-@partial(jax.jit, static_argnames=("resize", "precision"), donate_argnums=(0,))
-def train_step(state: TrainState, images: jax.Array, labels: jax.Array, *,
-               resize: int | None = None, precision: str = "float32"
-               ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One optimizer update on a batch (train mode: BN batch statistics, dropout).
-
-    Args:
-      state: the :class:`TrainState` (donated: do not reuse the argument).
-      images: uint8 ``(B, 28, 28)``; labels: int ``(B,)``.
-      resize: static output size of the preprocessing, or ``None`` for 28.
-      precision: ``'float32'``, or ``'bfloat16'``: the model computes in bfloat16 (its layers
-        cast their float32 parameters to the input's dtype; BatchNorm normalises in float32),
-        the logits are cast back to float32 for the loss; gradients, parameters and optimizer
-        state stay float32.
-
-    Returns:
-      ``(new_state, metrics)``; metrics: ``loss`` (mean cross-entropy, float32), ``correct``
-      (int32, ``argmax(logits, 1) == y``), ``count`` (B) and ``finite`` (the loss and the new
-      parameters are all finite).
-    """
-    TRACE_COUNTS["train_step"] += 1
-    return update(state, images, labels, resize, precision)
-
-
-@partial(jax.jit, static_argnames=("apply_fn", "resize", "precision"))
-def _eval_correct(apply_fn: Callable[..., Any], variables: Any, images: jax.Array,
-                  labels: jax.Array, resize: int | None, precision: str = "float32"
-                  ) -> jax.Array:
-    TRACE_COUNTS["eval_step"] += 1
-    logits = apply_fn(variables, inputs(images, resize, precision), train=False)
-    return jnp.sum(jnp.argmax(logits, axis=1) == labels).astype(jnp.int32)
-
-
-def eval_step(state: TrainState, images: jax.Array, labels: jax.Array, *,
-              resize: int | None = None, precision: str = "float32") -> jax.Array:
-    """The number of correct predictions (int32) on a batch, in eval mode (``train=False``)."""
-    return _eval_correct(state.apply_fn, state.variables, images, labels, resize, precision)
-
-
 def _accuracy(apply_fn: Callable[..., Any], variables: Any, dataset: Dataset, batch_size: int,
               resize: int | None, precision: str = "float32") -> float:
-    counts = [_eval_correct(apply_fn, variables, x, y, resize, precision)
+    counts = [count_correct(apply_fn, variables, x, y, resize, precision)
               for x, y in dataset.batches(batch_size, shuffle=False)]
     total = int(np.sum(jax.device_get(counts), dtype=np.int64))
     return total / len(dataset)
@@ -148,7 +107,7 @@ def train_epoch(state: TrainState, dataset: Dataset, *, batch_size: int, epoch: 
     step's host metrics; ``progress`` shows a tqdm bar (default: when stderr is a TTY).
 
     ``steps_per_call > 1`` (a :class:`~jaxcnn.data.DeviceDataset` only) runs the full batches
-    ``steps_per_call`` at a time in one compiled call (:func:`~jaxcnn.training.train_steps`),
+    ``steps_per_call`` at a time in one compiled call (:func:`~jaxcnn.training.train_scan`),
     in the same order and with the same updates; host syncs then happen once per call.
     ``precision``: see :func:`train_step`.
     """
@@ -191,7 +150,7 @@ def train_epoch(state: TrainState, dataset: Dataset, *, batch_size: int, epoch: 
             state, metrics = train_step(state, *batch, resize=resize, precision=precision)
             metrics = jax.tree.map(lambda a: a[None], metrics)
         else:
-            state, metrics = train_steps(state, *batch, resize=resize, precision=precision)
+            state, metrics = train_scan(state, *batch, resize=resize, precision=precision)
         if pending is not None:
             consume(pending)
         pending = metrics
@@ -207,7 +166,7 @@ def train_epoch(state: TrainState, dataset: Dataset, *, batch_size: int, epoch: 
 def _calls(dataset: Dataset, batch_size: int, seed: int, epoch: int, steps_per_call: int
            ) -> Iterator[tuple[jax.Array, ...]]:
     """The epoch's work: ``(images, labels)`` batches for :func:`train_step`, or, with
-    ``steps_per_call > 1``, ``(images, labels, indices)`` blocks for ``train_steps`` then the
+    ``steps_per_call > 1``, ``(images, labels, indices)`` blocks for ``train_scan`` then the
     partial last batch, in :meth:`DeviceDataset.batches` order."""
     if steps_per_call == 1:
         yield from dataset.batches(batch_size, shuffle=True, seed=seed, epoch=epoch - 1)

@@ -13,14 +13,14 @@ from typing import Any
 import flax.linen as nn
 import jax
 
-from ..data import DeviceDataset, load_fashion_mnist, num_batches
+from ..data import DeviceDataset, load_splits, num_batches
 from ..models import build_model
 from ._checkpoint import CheckpointError, Checkpoints, write_config, write_metrics
-from ._config import TrainConfig, resume_conflicts
 from ._loop import Dataset, EpochStats, fit
 from ._optim import epoch_learning_rates, make_optimizer
 from ._plot import plot_history
 from ._state import TrainState, create_train_state
+from .config import TrainConfig, resume_conflicts
 
 PLOT_FILE = "curves.png"
 
@@ -33,17 +33,6 @@ class RunResult:
     history: list[EpochStats]
     model: nn.Module
     config: TrainConfig
-
-
-def load_datasets(config: TrainConfig, data_dir: str | os.PathLike[str] | None = None,
-                  *, download: bool = True) -> tuple[DeviceDataset, DeviceDataset]:
-    """Fashion-MNIST train/test as device datasets, cut to ``limit_train``/``limit_test``."""
-    fm = load_fashion_mnist(data_dir, download=download)
-    train = DeviceDataset.from_arrays(fm.train_images[: config.limit_train],
-                                      fm.train_labels[: config.limit_train])
-    test = DeviceDataset.from_arrays(fm.test_images[: config.limit_test],
-                                     fm.test_labels[: config.limit_test])
-    return train, test
 
 
 @functools.lru_cache(maxsize=16)
@@ -111,7 +100,8 @@ def train(config: TrainConfig, workdir: str | os.PathLike[str] | None = None, *,
                 raise CheckpointError(f"cannot resume {workdir} with these settings:\n  "
                                       + "\n  ".join(problems))
 
-        train_ds, test_ds = datasets or load_datasets(config, data_dir)
+        train_ds, test_ds = datasets or DeviceDataset.splits(load_splits(
+            data_dir, limit_train=config.limit_train, limit_test=config.limit_test))
         steps_per_epoch = num_batches(len(train_ds), config.batch_size)
         model, state = init_state(config, steps_per_epoch)
         history: list[EpochStats] = []

@@ -1,5 +1,5 @@
 """One epoch of the book's loop in both frameworks, data preparation included (used by
-:mod:`torch_ref.bench`)."""
+:mod:`torch_ref.crosscheck.bench`)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ import jax
 import numpy as np
 import torch
 
-from jaxcnn.data import DeviceDataset, epoch_order, load_fashion_mnist, num_batches
-from jaxcnn.training import PRESETS, OptimizerConfig, fit, init_state
+from jaxcnn.data import DeviceDataset, epoch_order, load_splits, num_batches
+from jaxcnn.training import PRESETS, fit, init_state
 
-from . import create_model
+from .. import create_model
+from ..optim import make_optimizer
 
 
 @dataclasses.dataclass
@@ -37,17 +38,6 @@ class EpochRow:
     note: str = ""
 
 
-def torch_optimizer(cfg: OptimizerConfig, params: object) -> torch.optim.Optimizer:
-    """``torch.optim`` with the settings of ``cfg`` (constant learning rate)."""
-    wd = cfg.effective_weight_decay
-    if cfg.name == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,  # type: ignore[arg-type]
-                               nesterov=cfg.nesterov, weight_decay=wd)
-    kind = torch.optim.AdamW if cfg.name == "adamw" else torch.optim.Adam
-    return kind(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,  # type: ignore[arg-type]
-                weight_decay=wd)
-
-
 def bench_epoch(name: str, preset: str, *, data_dir: str | os.PathLike[str] | None = None,
                 limit_train: int | None = None, limit_test: int | None = None,
                 seed: int = 0) -> list[EpochRow]:
@@ -57,14 +47,13 @@ def bench_epoch(name: str, preset: str, *, data_dir: str | os.PathLike[str] | No
     config = PRESETS[preset][0]
     if config.resize is not None:
         raise ValueError(f"the epoch benchmark is for the 28x28 models, not {name}")
-    fm = load_fashion_mnist(data_dir)
-    tr_x, tr_y = fm.train_images[:limit_train], fm.train_labels[:limit_train]
-    te_x, te_y = fm.test_images[:limit_test], fm.test_labels[:limit_test]
+    fm = load_splits(data_dir, limit_train=limit_train, limit_test=limit_test)
+    tr_x, tr_y, te_x, te_y = fm.train_images, fm.train_labels, fm.test_images, fm.test_labels
     batch = config.batch_size
     rows = []
 
     start = time.perf_counter()
-    train_ds, test_ds = DeviceDataset.from_arrays(tr_x, tr_y), DeviceDataset.from_arrays(te_x, te_y)
+    train_ds, test_ds = DeviceDataset.splits(fm)
     jax.block_until_ready((train_ds.images, test_ds.images))
     data_s = time.perf_counter() - start
     nbatch = num_batches(len(train_ds), batch)
@@ -87,7 +76,7 @@ def bench_epoch(name: str, preset: str, *, data_dir: str | os.PathLike[str] | No
     data_s = time.perf_counter() - start
     torch.manual_seed(seed)
     model = create_model(config.model, **config.model_config).train()
-    opt = torch_optimizer(config.optimizer, model.parameters())
+    opt = make_optimizer(config.optimizer, model.parameters())
     epochs = [_torch_epoch(model, opt, xs, ys, batch, epoch_order(seed, e, len(tr_x)))
               for e in range(2)]
     train_s, test_s, train_acc, test_acc = epochs[0]

@@ -1,8 +1,6 @@
-"""Run a registered model in torch_ref and jaxcnn on the same weights and input, layer by layer.
-
-torch and :mod:`torch_ref` are imported inside the functions only, so ``import jaxcnn`` (and
-``import jaxcnn.parity``) works without them.
-"""
+"""Run a registered model in torch_ref and jaxcnn on the same weights and input, layer by
+layer (:func:`parity_report`), and judge each torch leaf call against jaxcnn's
+(:func:`compare_row`)."""
 
 from __future__ import annotations
 
@@ -16,42 +14,31 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import torch
 
-from ..convert import (
+from jaxcnn.convert import (
     StateDictError,
     dropout_masks_to_torch,
     from_torch_state_dict,
     load_safetensors,
     to_torch_state_dict,
 )
-from ..inspect import torch_type
-from ..models import build_model
-from ..registry import get_spec, make_config
-from ..testing import DEFAULT_RTOL
-from ..traversal import get_path, named_modules, torch_variables
+from jaxcnn.inspect import torch_type
+from jaxcnn.models import build_model
+from jaxcnn.registry import get_spec, make_config
+from jaxcnn.testing import DEFAULT_RTOL
+from jaxcnn.traversal import get_path, named_modules, torch_variables
+
+from ..._summary import record_calls
+from ...dropout import fixed_dropout_masks
+from ...models import build_model as build_torch_model
 from ._config import compare_configs
 from ._jax import JaxRun, local_vjps, run_jax
 from ._report import LayerRow, ParityReport, compare, explained_by_ties, worst
 
-TORCH_MISSING = "the parity report needs the torch extra: pip install 'jaxcnn[torch]'"
-
-
-def require_torch() -> tuple[Any, Any]:
-    """``(torch, torch_ref)``, or ImportError with the install hint."""
-    try:
-        import torch
-
-        import torch_ref
-    except ImportError as e:
-        raise ImportError(TORCH_MISSING) from e
-    if getattr(torch_ref, "__file__", None) is None:  # an editable install older than the package
-        raise ImportError("torch_ref was found as a namespace package, not the project's: "
-                          "reinstall the project (pip install -e '.[torch]')")
-    return torch, torch_ref
-
 
 @contextlib.contextmanager
-def pinned_precision(torch: Any) -> Iterator[dict[str, Any]]:
+def pinned_precision() -> Iterator[dict[str, Any]]:
     """JAX matmuls at 'highest' and torch's TF32 off for the block; yields the settings."""
     prev_jax = jax.config.jax_default_matmul_precision
     prev_torch = (torch.get_float32_matmul_precision(), torch.backends.cuda.matmul.allow_tf32,
@@ -114,9 +101,8 @@ def parity_report(name: str, config: Mapping[str, Any] | None = None, *,
     output and input and the parameter gradients, and each layer's own backward: jaxcnn's
     layer alone fed torch's input and output cotangent (see :class:`LayerRow`).
     ``jax_model`` replaces the jaxcnn model (to check a modified one). ``batch`` defaults to
-    :func:`default_batch`. Needs torch.
+    :func:`default_batch`.
     """
-    torch, torch_ref = require_torch()
     spec = get_spec(name)
     config = dict(config or {})
     cfg = make_config(name, **config)
@@ -127,11 +113,11 @@ def parity_report(name: str, config: Mapping[str, Any] | None = None, *,
     report = ParityReport(name, dataclasses.asdict(cfg), train, grad, batch, seed, in_shape,
                           "", rtol)
     report.objective = "mean cross-entropy" if spec.classifier else "sum of outputs"
-    with pinned_precision(torch) as precision, torch.random.fork_rng(devices=[]):
+    with pinned_precision() as precision, torch.random.fork_rng(devices=[]):
         report.precision = {"jax device": f"{jax.devices()[0].platform}:{jax.devices()[0].id}",
                             "torch device": str(torch_device), **precision}
         torch.manual_seed(seed)
-        tm = torch_ref.build_model(cfg)
+        tm = build_torch_model(cfg)
         if weights is not None:
             state = load_safetensors(weights)
             tm.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()})
@@ -147,7 +133,7 @@ def parity_report(name: str, config: Mapping[str, Any] | None = None, *,
         except StateDictError as e:
             report.error = f"the torch weights do not convert to the jaxcnn model: {e}"
             return report
-        _compare(report, torch, torch_ref, tm, jm, variables, cfg, spec.classifier,
+        _compare(report, tm, jm, variables, cfg, spec.classifier,
                  torch_device)
     return report
 
@@ -185,7 +171,7 @@ def _objective(classifier: bool, y: np.ndarray | None) -> Any:
     return objective
 
 
-def _compare(report: ParityReport, torch: Any, torch_ref: Any, tm: Any, jm: nn.Module,
+def _compare(report: ParityReport, tm: Any, jm: nn.Module,
              variables: dict[str, Any], cfg: Any, classifier: bool, device: str) -> None:
     train, grad, rtol = report.train, report.grad, report.rtol
     rng = np.random.default_rng(report.seed)
@@ -208,8 +194,8 @@ def _compare(report: ParityReport, torch: Any, torch_ref: Any, tm: Any, jm: nn.M
         if train and isinstance(m, torch.nn.Dropout) and n not in masks:
             m.eval()
     xt = torch.from_numpy(x).to(device).requires_grad_(grad)
-    drop = torch_ref.fixed_dropout_masks(tm, masks) if train else contextlib.nullcontext()
-    with drop, torch_ref.record_calls(tm, leaves_only=True, retain_grad=grad) as calls, \
+    drop = fixed_dropout_masks(tm, masks) if train else contextlib.nullcontext()
+    with drop, record_calls(tm, leaves_only=True, retain_grad=grad) as calls, \
             torch.set_grad_enabled(grad):
         out_t = tm(xt)
     if grad:
@@ -227,13 +213,13 @@ def _compare(report: ParityReport, torch: Any, torch_ref: Any, tm: Any, jm: nn.M
         with contextlib.suppress(KeyError, ValueError):
             new_buffers = to_torch_state_dict(
                 jm, {"params": variables["params"], "batch_stats": run.state["batch_stats"]})
-    ctx = _Context(run, new_buffers, tm.state_dict(), {}, {}, dict(named_modules(jm)), train,
+    ctx = RowContext(run, new_buffers, tm.state_dict(), {}, {}, dict(named_modules(jm)), train,
                    rtol)
     if grad:
         ctx.t_grads = {k: p.grad for k, p in tm.named_parameters()}
         ctx.local = _local(report, jm, variables, run, calls, train)
     for c in calls:
-        report.rows.append(_row(c, ctx))
+        report.rows.append(compare_row(c, ctx))
 
     # leaves that only jaxcnn ran (a different module tree)
     seen = {c.name for c in calls}
@@ -259,7 +245,11 @@ def _grad(t: Any, like: np.ndarray) -> np.ndarray:
 
 
 @dataclasses.dataclass
-class _Context:
+class RowContext:
+    """What :func:`compare_row` compares a torch leaf call against: jaxcnn's run, its updated
+    BatchNorm buffers (torch names), torch's state and parameter gradients, jaxcnn's per-layer
+    backward (``{name: (input cotangent, param grads)}``), jaxcnn's modules by torch name."""
+
     run: JaxRun
     new_buffers: Mapping[str, np.ndarray]
     t_state: Mapping[str, Any]
@@ -288,7 +278,7 @@ def _local(report: ParityReport, jm: nn.Module, variables: Mapping[str, Any], ru
         return {}
 
 
-def _row(c: Any, ctx: _Context) -> LayerRow:
+def compare_row(c: Any, ctx: RowContext) -> LayerRow:
     """Compare one torch leaf call with jaxcnn's: activation, buffers, gradients, status."""
     run, rtol = ctx.run, ctx.rtol
     row = LayerRow(c.name, type(c.module).__name__, tuple(c.output.shape))

@@ -1,6 +1,6 @@
 """jaxcnn against its torch twin, in one process on one device: training and inference speed,
 first-step (compile) time, peak memory, and one epoch of the book's loop end to end
-(:mod:`torch_ref._bench_epoch`).
+(:mod:`torch_ref.crosscheck._bench_epoch`).
 
 Protocol (:func:`bench_model`): the torch model is initialised by torch (``manual_seed(0)``)
 and converted to jaxcnn, so both train the same weights, at the book's batch size and input
@@ -42,12 +42,13 @@ from jaxcnn.training import (
     create_train_state,
     eval_step,
     make_optimizer,
+    train_scan,
     train_step,
-    train_steps,
 )
 
-from . import create_model
-from ._bench_epoch import EpochRow, bench_epoch, torch_optimizer
+from .. import create_model
+from ..optim import make_optimizer as make_torch_optimizer
+from ._bench_epoch import EpochRow, bench_epoch
 from .compare import machine as compare_machine
 
 #: bench name -> the book's preset (model, config, batch size, resize, optimizer).
@@ -106,7 +107,7 @@ def _thread_names() -> dict[str, int]:
 
 def machine() -> dict[str, Any]:
     """The device, CPU, library versions and thread counts of this process
-    (:func:`torch_ref.compare.machine` plus both frameworks' devices and threads)."""
+    (:func:`torch_ref.crosscheck.compare.machine` plus both frameworks' devices and threads)."""
     import flax
     import optax
 
@@ -174,7 +175,6 @@ class _Stepper:
     """``train(n)`` / ``infer(n)``: wall seconds of ``n`` synchronised steps.
     ``first_call``: the steps of the first (compiling) call."""
 
-    name = ""
     first_call = 1
 
     def train(self, n: int) -> float:
@@ -185,8 +185,6 @@ class _Stepper:
 
 
 class _JaxStepper(_Stepper):
-    name = "jaxcnn"
-
     def __init__(self, config: TrainConfig, torch_model: torch.nn.Module,
                  images: np.ndarray, labels: np.ndarray) -> None:
         model = jaxcnn.create_model(config.model, **config.model_config)
@@ -219,10 +217,9 @@ class _JaxStepper(_Stepper):
 
 
 class _JaxScanStepper(_JaxStepper):
-    """``n`` steps in one compiled call (:func:`jaxcnn.training.train_steps`; inference as one
+    """``n`` steps in one compiled call (:func:`jaxcnn.training.train_scan`; inference as one
     ``lax.map``), every step on the same batch, gathered on the device by index."""
 
-    name = "jaxcnn scan"
 
     def __init__(self, config: TrainConfig, torch_model: torch.nn.Module,
                  images: np.ndarray, labels: np.ndarray, steps: int) -> None:
@@ -241,7 +238,7 @@ class _JaxScanStepper(_JaxStepper):
     def train(self, n: int) -> float:
         idx = self._indices(n)
         start = time.perf_counter()
-        self.state, metrics = train_steps(self.state, self.images, self.labels, idx,
+        self.state, metrics = train_scan(self.state, self.images, self.labels, idx,
                                           resize=self.resize)
         jax.block_until_ready(metrics)
         return time.perf_counter() - start
@@ -268,10 +265,9 @@ def _scan_correct(apply_fn: Callable[..., Any], variables: Any, images: jax.Arra
 class _TorchStepper(_Stepper):
     def __init__(self, config: TrainConfig, model: torch.nn.Module, x: torch.Tensor,
                  y: torch.Tensor, device: str, compiled: bool) -> None:
-        self.name = "torch.compile" if compiled else "torch eager"
         self.model = model.to(device).train()
         self.net = torch.compile(self.model) if compiled else self.model
-        self.opt = torch_optimizer(config.optimizer, self.model.parameters())
+        self.opt = make_torch_optimizer(config.optimizer, self.model.parameters())
         self.x, self.y, self.device = x.to(device), y.to(device), device
 
     def _step(self) -> torch.Tensor:

@@ -11,8 +11,8 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from ..inspect import get_module, intercept_calls
-from ..traversal import named_children, named_modules
+from jaxcnn.inspect import get_module, intercept_calls
+from jaxcnn.traversal import named_children, named_modules
 
 
 @dataclasses.dataclass

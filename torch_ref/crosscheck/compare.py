@@ -32,16 +32,14 @@ import torchvision
 from torch.utils.data import DataLoader
 
 import jaxcnn
-from jaxcnn.data import DeviceDataset, epoch_order, load_fashion_mnist, preprocess
+from jaxcnn.data import DeviceDataset, FashionMNIST, epoch_order, load_splits, preprocess
 from jaxcnn.testing import max_abs_diff, tolerance
 from jaxcnn.training import TrainConfig, epoch_learning_rates, fit, init_state, train
 
-from . import create_model
-from .optim import evaluate_accuracy, make_optimizer, make_scheduler, state_dict_numpy, train_epoch
+from .. import create_model
+from ..optim import evaluate_accuracy, make_optimizer, make_scheduler, state_dict_numpy, train_epoch
 
 Log = Callable[[str], None] | None
-#: uint8 images (N, 28, 28) and integer labels (N,): train images, train labels, test ...
-Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
 class ArrayFashionMNIST(torchvision.datasets.FashionMNIST):
@@ -83,13 +81,6 @@ def _one_thread(loader: DataLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor
         finally:
             torch.set_num_threads(threads)
         yield batch
-
-
-def load_arrays(config: TrainConfig, data_dir: str | os.PathLike[str] | None = None) -> Arrays:
-    """Fashion-MNIST cut to ``config.limit_train`` / ``limit_test``."""
-    fm = load_fashion_mnist(data_dir)
-    return (fm.train_images[:config.limit_train], fm.train_labels[:config.limit_train],
-            fm.test_images[:config.limit_test], fm.test_labels[:config.limit_test])
 
 
 def machine() -> dict[str, Any]:
@@ -147,7 +138,7 @@ def bn_cancelled_biases(tm: torch.nn.Module) -> set[str]:
     """Biases of the Conv/Linear layers that a BatchNorm directly follows (in a Sequential):
     in training mode BatchNorm subtracts them again, so their exact gradient is zero and what
     an optimizer like Adam does with them is driven by rounding noise alone."""
-    from . import BatchNorm
+    from .. import BatchNorm
 
     bn = (torch.nn.modules.batchnorm._BatchNorm, BatchNorm)
     found = set()
@@ -198,10 +189,10 @@ def _jax_stats(s: Any) -> dict[str, float]:
 class _TorchRun:
     """A torch model with its optimizer, per-epoch scheduler and the book's data."""
 
-    def __init__(self, config: TrainConfig, tm: torch.nn.Module, arrays: Arrays) -> None:
+    def __init__(self, config: TrainConfig, tm: torch.nn.Module, data: FashionMNIST) -> None:
         self.config, self.model = config, tm
-        self.train = ArrayFashionMNIST(arrays[0], arrays[1], config.resize)
-        self.test = ArrayFashionMNIST(arrays[2], arrays[3], config.resize)
+        self.train = ArrayFashionMNIST(data.train_images, data.train_labels, config.resize)
+        self.test = ArrayFashionMNIST(data.test_images, data.test_labels, config.resize)
         self.opt = make_optimizer(config.optimizer, tm.parameters())
         self.sched = make_scheduler(config.optimizer, self.opt, config.epochs)
 
@@ -219,14 +210,15 @@ class _TorchRun:
                 "images_per_sec": e.images / e.train_time, "data_time": e.data_time}
 
 
-def compare(config: TrainConfig, arrays: Arrays | None = None, *, data_dir: Any = None,
+def compare(config: TrainConfig, data: FashionMNIST | None = None, *, data_dir: Any = None,
             log: Log = print) -> dict[str, Any]:
     """The paired run of ``config`` (see the module docstring). Returns the JSON-able record:
     ``config``, ``machine``, ``epochs``: per epoch ``jaxcnn`` and ``torch`` stats (loss,
     train_acc, test_acc, time in s including the test pass, training images_per_sec) and
     :func:`param_diff` at the epoch's end."""
-    arrays = arrays if arrays is not None else load_arrays(config, data_dir)
-    n = len(arrays[0])
+    data = data if data is not None else load_splits(
+        data_dir, limit_train=config.limit_train, limit_test=config.limit_test)
+    n = len(data.train_labels)
     sizes = [min(config.batch_size, n - i) for i in range(0, n, config.batch_size)]
     torch.manual_seed(config.seed)
     tm = create_model(config.model, **config.model_config)
@@ -236,12 +228,11 @@ def compare(config: TrainConfig, arrays: Arrays | None = None, *, data_dir: Any 
                           batch_stats=variables.get("batch_stats", {}),
                           opt_state=state.tx.init(variables["params"]))
     has_dropout = any(isinstance(m, torch.nn.Dropout) for m in tm.modules())
-    train_j = DeviceDataset.from_arrays(arrays[0], arrays[1])
-    test_j = DeviceDataset.from_arrays(arrays[2], arrays[3])
-    run = _TorchRun(config, tm, arrays)
+    train_j, test_j = DeviceDataset.splits(data)
+    run = _TorchRun(config, tm, data)
     lrs = epoch_learning_rates(config.optimizer, config.epochs)
     record: dict[str, Any] = {"kind": "paired", "config": config.to_dict(), "machine": machine(),
-                              "train_images": n, "test_images": len(arrays[2]),
+                              "train_images": n, "test_images": len(data.test_labels),
                               "steps_per_epoch": len(sizes), "epochs": []}
     history: list[Any] = []
     if log:
@@ -263,7 +254,7 @@ def compare(config: TrainConfig, arrays: Arrays | None = None, *, data_dir: Any 
     return record
 
 
-def compare_seeds(config: TrainConfig, seeds: int, arrays: Arrays | None = None, *,
+def compare_seeds(config: TrainConfig, seeds: int, data: FashionMNIST | None = None, *,
                   data_dir: Any = None, log: Log = print) -> dict[str, Any]:
     """``seeds`` independent runs per framework (seeds ``config.seed + k``): jaxcnn with its own
     init, order and dropout (``jaxcnn.training.train``), torch with ``manual_seed``, a
@@ -271,17 +262,17 @@ def compare_seeds(config: TrainConfig, seeds: int, arrays: Arrays | None = None,
     history (``runs``) and :func:`welch` of the final test accuracies (``summary``)."""
     if seeds < 2:
         raise ValueError(f"the seed study needs at least 2 seeds, got {seeds}")
-    arrays = arrays if arrays is not None else load_arrays(config, data_dir)
-    n = len(arrays[0])
-    datasets = (DeviceDataset.from_arrays(arrays[0], arrays[1]),
-                DeviceDataset.from_arrays(arrays[2], arrays[3]))
+    data = data if data is not None else load_splits(
+        data_dir, limit_train=config.limit_train, limit_test=config.limit_test)
+    n = len(data.train_labels)
+    datasets = DeviceDataset.splits(data)
     runs: dict[str, list[list[dict[str, float]]]] = {"jaxcnn": [], "torch": []}
     for k in range(seeds):
         cfg = dataclasses.replace(config, seed=config.seed + k)
         result = train(cfg, datasets=datasets, log=None, progress=False)
         runs["jaxcnn"].append([_jax_stats(h) for h in result.history])
         torch.manual_seed(cfg.seed)
-        run = _TorchRun(cfg, create_model(cfg.model, **cfg.model_config), arrays)
+        run = _TorchRun(cfg, create_model(cfg.model, **cfg.model_config), data)
         gen = torch.Generator().manual_seed(cfg.seed)
         runs["torch"].append([run.epoch(torch.randperm(n, generator=gen).tolist())
                               for _ in range(cfg.epochs)])
@@ -293,7 +284,7 @@ def compare_seeds(config: TrainConfig, seeds: int, arrays: Arrays | None = None,
     if log:
         log(summary["verdict"])
     return {"kind": "seeds", "config": config.to_dict(), "machine": machine(),
-            "train_images": n, "test_images": len(arrays[2]),
+            "train_images": n, "test_images": len(data.test_labels),
             "seeds": [config.seed + k for k in range(seeds)], "runs": runs, "summary": summary}
 
 

@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from ..testing import DEFAULT_RTOL, max_abs_diff, tolerance
+from jaxcnn.testing import DEFAULT_RTOL, max_abs_diff, tolerance
+
 from ._config import ConfigMismatch
 
 FAILING = ("over", "shape", "missing", "error")
@@ -133,7 +134,8 @@ def _jsonable(v: Any) -> Any:
 
 @dataclasses.dataclass
 class ParityReport:
-    """The result of :func:`jaxcnn.parity.parity_report`; ``str()`` is the CLI's table."""
+    """The result of :func:`~torch_ref.crosscheck.parity.parity_report`; ``str()`` is the
+    CLI's table."""
 
     model: str
     config: dict[str, Any]

@@ -1,4 +1,5 @@
-"""The run configuration and the book's chapter presets."""
+"""The run configuration, the book's chapter presets, and :func:`resolve_config` (a preset or
+model plus overrides -> :class:`TrainConfig`), the one path every command takes."""
 
 from __future__ import annotations
 
@@ -119,14 +120,6 @@ PRESETS: dict[str, tuple[TrainConfig, str]] = {
 }
 
 
-def get_preset(name: str) -> TrainConfig:
-    """The :class:`TrainConfig` of a preset; an unknown name raises ``KeyError``."""
-    try:
-        return PRESETS[name][0]
-    except KeyError:
-        raise KeyError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}") from None
-
-
 def resume_conflicts(saved: TrainConfig, requested: TrainConfig, done_epochs: int) -> list[str]:
     """Why ``requested`` cannot continue a run trained with ``saved`` for ``done_epochs``
     (empty if it can). Only ``epochs`` may change: grow, and not under a cosine schedule."""
@@ -148,3 +141,77 @@ def resume_conflicts(saved: TrainConfig, requested: TrainConfig, done_epochs: in
         problems.append(f"epochs: the cosine schedule was built for {saved.epochs} epochs "
                         f"(T_max), requested {requested.epochs}")
     return problems
+
+
+def default_preset(model: str) -> str | None:
+    """The preset a model name stands for: the preset of that name, else the first preset
+    training that model, else ``None``."""
+    if model in PRESETS:
+        return model
+    return next((n for n, (c, _) in PRESETS.items() if c.model == model), None)
+
+
+def _optimizer(base: OptimizerConfig, changes: Mapping[str, Any]) -> OptimizerConfig:
+    changes = {k: v for k, v in changes.items() if v is not None}
+    d = {**base.to_dict(), **changes}
+    if d["name"] != "sgd" and "name" in changes and "momentum" not in changes:
+        d["momentum"], d["nesterov"] = 0.0, False  # switching away from a preset's sgd
+    if d["schedule"] != "step" and ("step_size" in changes or "gamma" in changes):
+        raise ValueError("--step-size and --gamma apply to --schedule step only")
+    return OptimizerConfig.from_dict(d)
+
+
+def resolve_config(base: TrainConfig | str | None = None, *, model: str | None = None,
+                   model_config: Mapping[str, Any] | None = None, resize: int | None = None,
+                   optimizer: Mapping[str, Any] | None = None, **fields: Any) -> TrainConfig:
+    """``base`` (a :class:`TrainConfig`, a preset name, or ``None``: the defaults of
+    ``model``) with overrides; ``None`` everywhere means "keep".
+
+    Args:
+      model: the model to train; another model than ``base``'s starts from its own defaults
+        (registry config, input size).
+      model_config: registry config fields to set (e.g. ``{'bn': 'scratch'}``); a field the
+        model does not have is refused.
+      resize: input size (28: none).
+      optimizer: :class:`OptimizerConfig` fields to set; choosing another optimizer than sgd
+        drops a preset's momentum.
+      **fields: other :class:`TrainConfig` fields (``epochs``, ``batch_size``, ``seed``, ...).
+
+    Raises:
+      KeyError: unknown model or preset. ValueError: an invalid combination (the message
+      names the command-line option of the field).
+    """
+    if isinstance(base, str):
+        if base not in PRESETS:
+            raise KeyError(f"unknown preset {base!r}; presets: {', '.join(PRESETS)}")
+        base = PRESETS[base][0]
+    if base is None and model is None:
+        raise ValueError("say what to train: --preset NAME or --model NAME "
+                         f"(presets: {', '.join(PRESETS)})")
+    model = model or base.model
+    if base is None or model != base.model:
+        model_base: dict[str, Any] = {}
+        default = default_resize(model)  # KeyError for an unknown model
+        base = base or TrainConfig(model=model, resize=default)
+    else:
+        model_base, default = dict(base.model_config), base.resize
+    names = {f.name for f in dataclasses.fields(get_spec(model).config)}
+    for key, value in (model_config or {}).items():
+        if value is None:
+            continue
+        if key not in names:
+            hint = {"bn": "use --model lenet_bn for BatchNorm",
+                    "ratio": "only vgg11 takes a width ratio"}.get(key, "")
+            raise ValueError(f"--{key.replace('_', '-')} does not apply to model {model!r}"
+                             + (f" ({hint})" if hint else ""))
+        model_base[key] = value
+    if resize is not None:
+        default = None if resize == 28 else resize
+    unknown = set(fields) - {f.name for f in dataclasses.fields(TrainConfig)}
+    if unknown:
+        raise TypeError(f"not TrainConfig fields: {', '.join(sorted(unknown))}")
+    kept = {k: getattr(base, k) for k in fields}
+    return dataclasses.replace(
+        base, model=model, model_config=model_base, resize=default,
+        optimizer=_optimizer(base.optimizer, optimizer or {}),
+        **{k: kept[k] if v is None else v for k, v in fields.items()})

@@ -14,8 +14,8 @@ from typing import Any
 
 import flax.linen as nn
 
-from ..inspect import torch_type
-from ..traversal import named_modules
+from jaxcnn.inspect import torch_type
+from jaxcnn.traversal import named_modules
 
 
 def _pair(v: Any) -> Any:

@@ -1,0 +1,146 @@
+"""The jitted steps: :func:`train_step` (one optimizer update per call), :func:`train_scan`
+(K updates per call, ``lax.scan`` over batches gathered on the device) and :func:`eval_step`;
+both training steps run the same traceable :func:`update`.
+
+On a GPU a small model's step is shorter than the host's dispatch of it (one launch per XLA
+program, plus Python); :func:`train_scan` runs ``K`` updates in one compiled program, with the
+epoch's indices sent once and every batch gathered from the device-resident dataset inside it.
+Batches are uint8 images ``(B, 28, 28)`` and int32 labels ``(B,)``; the steps preprocess them
+(:func:`jaxcnn.data.preprocess`) inside the compiled function.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import lax
+
+from ..data import preprocess
+from ._state import TrainState, variables_of
+
+
+def all_finite(tree: Any) -> jax.Array:
+    """A scalar bool: every leaf of ``tree`` is finite."""
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+def inputs(images: jax.Array, resize: int | None, precision: str) -> jax.Array:
+    """Model inputs of uint8 ``(B, 28, 28)`` images: :func:`~jaxcnn.data.preprocess`'s NHWC
+    floats, in bfloat16 when ``precision`` says so."""
+    x = preprocess(images, resize)
+    return x if precision == "float32" else x.astype(precision)
+
+
+def update(state: TrainState, images: jax.Array, labels: jax.Array, resize: int | None,
+           precision: str = "float32") -> tuple[TrainState, dict[str, jax.Array]]:
+    """The body of :func:`train_step` (not jitted: for ``lax.scan`` and the like); the
+    arguments and results are train_step's."""
+    x = inputs(images, resize, precision)
+    dropout_key, step_key = jax.random.split(state.dropout_key)
+
+    def loss_fn(params: Any) -> tuple[jax.Array, tuple[jax.Array, Any]]:
+        logits, updates = state.apply_fn(
+            variables_of(params, state.batch_stats), x, train=True,
+            mutable=["batch_stats"], rngs={"dropout": step_key},
+        )
+        logits = logits.astype(jnp.float32)
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+        return loss, (logits, updates.get("batch_stats", state.batch_stats))
+
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                              opt_state=opt_state, dropout_key=dropout_key)
+    metrics = {
+        "loss": loss,
+        "correct": jnp.sum(jnp.argmax(logits, axis=1) == labels).astype(jnp.int32),
+        "count": jnp.asarray(labels.shape[0], jnp.int32),
+        "finite": jnp.isfinite(loss) & all_finite(params),
+    }
+    return new_state, metrics
+
+
+@partial(jax.jit, static_argnames=("resize", "precision"), donate_argnums=(0,))
+def train_step(state: TrainState, images: jax.Array, labels: jax.Array, *,
+               resize: int | None = None, precision: str = "float32"
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimizer update on a batch (train mode: BN batch statistics, dropout).
+
+    Args:
+      state: the :class:`TrainState` (donated: do not reuse the argument).
+      images: uint8 ``(B, 28, 28)``; labels: int ``(B,)``.
+      resize: static output size of the preprocessing, or ``None`` for 28.
+      precision: ``'float32'``, or ``'bfloat16'``: the model computes in bfloat16 (its layers
+        cast their float32 parameters to the input's dtype; BatchNorm normalises in float32),
+        the logits are cast back to float32 for the loss; gradients, parameters and optimizer
+        state stay float32.
+
+    Returns:
+      ``(new_state, metrics)``; metrics: ``loss`` (mean cross-entropy, float32), ``correct``
+      (int32, ``argmax(logits, 1) == y``), ``count`` (B) and ``finite`` (the loss and the new
+      parameters are all finite).
+    """
+    return update(state, images, labels, resize, precision)
+
+
+@partial(jax.jit, static_argnames=("apply_fn", "resize", "precision"))
+def count_correct(apply_fn: Callable[..., Any], variables: Any, images: jax.Array,
+                  labels: jax.Array, resize: int | None, precision: str = "float32"
+                  ) -> jax.Array:
+    """Correct predictions (int32 scalar) of ``apply_fn`` on a uint8 ``(B, 28, 28)`` batch in
+    eval mode; jitted with the model's ``apply`` static (one compilation per shape)."""
+    logits = apply_fn(variables, inputs(images, resize, precision), train=False)
+    return jnp.sum(jnp.argmax(logits, axis=1) == labels).astype(jnp.int32)
+
+
+def eval_step(state: TrainState, images: jax.Array, labels: jax.Array, *,
+              resize: int | None = None, precision: str = "float32") -> jax.Array:
+    """The number of correct predictions (int32) on a batch, in eval mode (``train=False``)."""
+    return count_correct(state.apply_fn, state.variables, images, labels, resize, precision)
+
+
+@partial(jax.jit, static_argnames=("resize", "precision"), donate_argnums=(0,))
+def train_scan(state: TrainState, images: jax.Array, labels: jax.Array, indices: jax.Array,
+                *, resize: int | None = None, precision: str = "float32"
+                ) -> tuple[TrainState, dict[str, jax.Array]]:
+    """``K`` consecutive updates; update ``k`` trains on ``images[indices[k]]``.
+
+    Args:
+      state: the :class:`TrainState` (donated: do not reuse the argument).
+      images: the whole uint8 dataset ``(N, 28, 28)``; labels: int32 ``(N,)``.
+      indices: int32 ``(K, B)``, each row one batch's example indices.
+      resize: static output size of the preprocessing, or ``None`` for 28.
+      precision: as :func:`~jaxcnn.training.train_step`'s.
+
+    Returns:
+      ``(new_state, metrics)``: :func:`~jaxcnn.training.train_step`'s metrics, each stacked
+      to ``(K,)`` (step ``k``'s loss, correct count, ...).
+    """
+    if indices.ndim != 2:
+        raise ValueError(f"indices must be (steps, batch), got shape {tuple(indices.shape)}")
+
+    def body(state: TrainState, idx: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
+        return update(state, images[idx], labels[idx], resize, precision)
+
+    return lax.scan(body, state, indices)
+
+
+def chunk_indices(order: np.ndarray, batch_size: int, steps_per_call: int
+                  ) -> list[np.ndarray]:
+    """The full batches of an epoch's ``order`` as ``(K, B)`` int32 blocks of at most
+    ``steps_per_call`` batches (the last block may have fewer). A trailing partial batch
+    (``len(order) % batch_size`` examples) is not included."""
+    if batch_size < 1 or steps_per_call < 1:
+        raise ValueError(f"batch_size and steps_per_call must be >= 1, got {batch_size}, "
+                         f"{steps_per_call}")
+    full = len(order) // batch_size
+    batches = np.asarray(order[:full * batch_size], np.int32).reshape(full, batch_size)
+    return [batches[i:i + steps_per_call] for i in range(0, full, steps_per_call)]
