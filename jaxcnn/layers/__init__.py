@@ -8,6 +8,7 @@ its variables in a torch state dict.
 from ._base import Layer, ShapeError, TorchVar, torch_uniform
 from ._linear import Conv2d, Linear
 from ._misc import Dropout, FlattenLayer, ReLU, Sigmoid, flatten_torch_order
+from ._modulelist import ModuleList, module_list
 from ._norm import BatchNorm, BatchNorm1d, BatchNorm2d
 from ._pooling import (
     AdaptiveAvgPool2d,
@@ -32,6 +33,7 @@ __all__ = [
     "Layer",
     "Linear",
     "MaxPool2d",
+    "ModuleList",
     "ReLU",
     "Sequential",
     "ShapeError",
@@ -39,6 +41,7 @@ __all__ = [
     "TorchVar",
     "adaptive_bins",
     "flatten_torch_order",
+    "module_list",
     "named_sequential",
     "pool_output_size",
     "sequential",
