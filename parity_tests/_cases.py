@@ -30,6 +30,16 @@ TEST_CONFIGS: dict[str, tuple[tuple[dict[str, Any], int], ...]] = {
     "vgg": ((SMALL_VGG, 28),),
     "nin": (({}, 224),),
     "seed_example": (({}, 32),),
+    # The chapter's last three, small (trained at 96): googlenet's stages end at 8, 4, 2, 1, 1
+    # px. Train-mode BatchNorm over few values is ill-conditioned: at 32 px resnet18's last
+    # stage normalises 4 values per channel (batch 4, 1x1) and its stem gradient missed the
+    # tolerance 4x; at 64 px (2x2) it is at 33%. DenseNet runs a reduced config (two dense
+    # blocks, still with a transition; the default's structure is checked by the inspect tests):
+    # the default at 32 px (1x1 at the end) missed on the stem gradient by 1.4x, at 64 px on the
+    # stem bias, whose gradient is rounding noise (the BatchNorm after it cancels it).
+    "googlenet": (({}, 32),),
+    "resnet18": (({}, 64),),
+    "densenet": (({"num_convs": (2, 2), "growth_rate": 16, "num_channels": 32}, 32),),
 }
 
 

@@ -81,7 +81,8 @@ def test_summary_equals_torch_hooks(name: str, cfg: dict, size: int) -> None:
     for depth in (None, 1):
         ours, theirs = summary(jm, shape, depth=depth), torch_ref.summary(tm, shape, depth=depth)
         assert ours.rows == theirs.rows  # names, types, output shapes, parameter counts
-        assert all(r.output_shape is not None for r in ours.rows)
+        # every module runs, except a ModuleList (DenseNet's ``net``): torch never calls one
+        assert all(r.output_shape is not None for r in ours.rows if r.type != "ModuleList")
         assert (ours.total_params, ours.output_shape) == (theirs.total_params,
                                                           theirs.output_shape)
         assert str(ours) == str(theirs)

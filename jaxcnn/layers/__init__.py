@@ -8,7 +8,7 @@ normalisation) are in :mod:`jaxcnn.ops`.
 
 from .activation import ReLU, Sigmoid
 from .base import Layer, ShapeError, TorchVar, torch_uniform
-from .containers import Sequential, named_sequential, sequential
+from .containers import ModuleList, Sequential, module_list, named_sequential, sequential
 from .conv import Conv2d
 from .dropout import Dropout
 from .flatten import FlattenLayer, flatten_torch_order
@@ -36,6 +36,7 @@ __all__ = [
     "Layer",
     "Linear",
     "MaxPool2d",
+    "ModuleList",
     "ReLU",
     "Sequential",
     "ShapeError",
@@ -43,6 +44,7 @@ __all__ = [
     "TorchVar",
     "adaptive_bins",
     "flatten_torch_order",
+    "module_list",
     "named_sequential",
     "pool_output_size",
     "sequential",

@@ -26,6 +26,16 @@ from .d2l_ch5 import (
     vgg11,
     vgg_block,
 )
+from .densenet import (
+    DenseBlock,
+    DenseNetConfig,
+    conv_block,
+    dense_block,
+    densenet,
+    transition_block,
+)
+from .googlenet import GoogLeNetConfig, Inception, googlenet, inception
+from .resnet import Residual, ResNetConfig, residual, resnet18, resnet_block
 from .seed_example import SeedExample, SeedExampleConfig, seed_example
 
 
@@ -51,8 +61,42 @@ def input_shape(name: str, batch: int = 1, **config: Any) -> tuple[int, int, int
 
 
 __all__ = [
-    "VGG11_ARCH", "AlexNetConfig", "ConvThenFC", "LeNetBNConfig", "LeNetConfig", "NiNConfig",
-    "SeedExample", "SeedExampleConfig", "VGG11Config", "VGGConfig", "alexnet", "build_model",
-    "create_model", "input_shape", "lenet", "lenet_bn", "list_models", "nin", "nin_block",
-    "seed_example", "vgg", "vgg11", "vgg_block",
+    "VGG11_ARCH",
+    "AlexNetConfig",
+    "ConvThenFC",
+    "DenseBlock",
+    "DenseNetConfig",
+    "GoogLeNetConfig",
+    "Inception",
+    "LeNetBNConfig",
+    "LeNetConfig",
+    "NiNConfig",
+    "ResNetConfig",
+    "Residual",
+    "SeedExample",
+    "SeedExampleConfig",
+    "VGG11Config",
+    "VGGConfig",
+    "alexnet",
+    "build_model",
+    "conv_block",
+    "create_model",
+    "dense_block",
+    "densenet",
+    "googlenet",
+    "inception",
+    "input_shape",
+    "lenet",
+    "lenet_bn",
+    "list_models",
+    "nin",
+    "nin_block",
+    "residual",
+    "resnet18",
+    "resnet_block",
+    "seed_example",
+    "transition_block",
+    "vgg",
+    "vgg11",
+    "vgg_block",
 ]
