@@ -30,12 +30,17 @@ ENTRY_POINT_GROUP = "jaxcnn.commands"
 _ORDER = (*BUILTIN, "parity", "compare", "bench")
 
 
-def plugins() -> dict[str, Callable[[Any], None] | ImportError]:
+def plugins(load: bool = True) -> dict[str, Callable[[Any], None] | ImportError | None]:
     """``{command: register function}`` of the installed entry points; the ImportError in place
-    of the function when the plugin cannot be imported (its extra is missing)."""
-    found: dict[str, Callable[[Any], None] | ImportError] = {}
+    of the function when the plugin cannot be imported (its extra is missing); ``None`` for
+    every plugin when ``load`` is False (their names only: importing them means importing
+    torch, seconds that a built-in command should not pay)."""
+    found: dict[str, Callable[[Any], None] | ImportError | None] = {}
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name in BUILTIN or ep.name in found:
+            continue
+        if not load:
+            found[ep.name] = None
             continue
         try:
             found[ep.name] = ep.load()
@@ -52,20 +57,23 @@ def _unavailable(name: str, error: ImportError) -> Callable[[argparse.Namespace]
     return run
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``jaxcnn`` parser: the built-in commands, then the installed plugins."""
+def build_parser(load_plugins: bool = True) -> argparse.ArgumentParser:
+    """The ``jaxcnn`` parser: the built-in commands, then the installed plugins (listed by name
+    only, not importable through this parser, when ``load_plugins`` is False)."""
     parser = argparse.ArgumentParser(
         prog="jaxcnn",
         description="The CNNs of Dive into Deep Learning ch. 5 in JAX, checked against PyTorch.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    commands: dict[str, Callable[[Any], None] | ImportError] = {
+    commands: dict[str, Callable[[Any], None] | ImportError | None] = {
         name: importlib.import_module(f"{__name__}.{name}").register for name in BUILTIN}
-    commands.update(plugins())
+    commands.update(plugins(load_plugins))
     order = sorted(commands, key=lambda n: (_ORDER.index(n) if n in _ORDER else len(_ORDER), n))
     for name in order:
         register = commands[name]
-        if isinstance(register, ImportError):
+        if register is None:
+            sub.add_parser(name, help="(plugin)", add_help=False)
+        elif isinstance(register, ImportError):
             p = sub.add_parser(name, help=f"(unavailable: {TORCH_MISSING})", add_help=False,
                                prefix_chars="\0")  # takes any arguments: none are parsed
             p.add_argument("rest", nargs=argparse.REMAINDER)
@@ -76,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(load_plugins=command not in BUILTIN)
     args = parser.parse_args(argv)
     return int(args.func(args) or 0)

@@ -7,12 +7,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .. import runtime
 from .options import (
     add_config_options,
     add_model_options,
     check_input_size,
     config_overrides,
-    enable_compilation_cache,
     model_overrides,
     positive_int,
     resolve,
@@ -91,7 +91,7 @@ def run_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Any
 def run(args: argparse.Namespace) -> int:
     parser = args._parser
     config = run_config(parser, args)
-    enable_compilation_cache()
+    runtime.configure()
 
     import dataclasses
 

@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .options import enable_compilation_cache, positive_int
+from .. import runtime
+from .options import positive_int
 
 EPILOG = """\
 examples:
@@ -49,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     if args.out.suffix != ".safetensors":
         parser.error(f"--out should end in .safetensors, got {args.out}")
 
-    enable_compilation_cache()
+    runtime.configure()
     from ..convert import save_safetensors, to_torch_state_dict
     from ..training import CheckpointError, load_checkpoint
 

@@ -9,12 +9,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .. import runtime
 from .options import (
     add_config_options,
     add_model_options,
     check_input_size,
     config_overrides,
-    enable_compilation_cache,
     non_negative_int,
     positive_int,
     resolve,
@@ -31,7 +31,7 @@ examples:
   jaxcnn train --model lenet --optimizer sgd --lr 0.1 --momentum 0.9 --nesterov \\
                --schedule step --step-size 2 --gamma 0.5
   jaxcnn train --preset lenet --limit-train 2048 --limit-test 512 --epochs 2   # quick look
-  jaxcnn train --preset alexnet --precision bfloat16 --steps-per-call 50      # on a GPU
+  jaxcnn train --preset alexnet --precision bfloat16                         # on a GPU
 
 With --workdir, every epoch is checkpointed (orbax; the newest --keep are kept) and the
 metrics go to WORKDIR/metrics.jsonl; --resume continues from the latest checkpoint with
@@ -100,10 +100,11 @@ def register(subparsers: Any) -> None:
         "optimizer.nesterov", "optimizer.weight_decay", "optimizer.schedule",
         "optimizer.step_size", "optimizer.gamma", "precision"],
         help={"epochs": "total epochs (with --resume: train up to this many)"})
-    how.add_argument("--steps-per-call", type=positive_int, default=1, metavar="K",
+    how.add_argument("--steps-per-call", type=positive_int, default=None, metavar="K",
                      help="run K updates per compiled call (lax.scan over batches gathered on "
-                          "the device): the same training, less dispatch; try 50+ on a GPU "
-                          "(default 1)")
+                          "the device): the same training, less dispatch (default: all full "
+                          "batches of an epoch up to 64, else the largest divisor of their "
+                          "number up to 64; 1: one call per batch)")
     add_config_options(how, ["seed", "limit_train", "limit_test"])
     out = p.add_argument_group("where")
     out.add_argument("--workdir", type=Path, metavar="DIR",
@@ -131,10 +132,10 @@ def _overrides(cfg: Any) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     config = run_config(args._parser, args)
-    enable_compilation_cache()
+    runtime.configure()
 
-    from ..data import DataError, DeviceDataset, load_splits
-    from ..training import CheckpointError, NonFiniteError, train
+    from ..data import DataError, DeviceDataset, load_splits, split_sizes
+    from ..training import CheckpointError, NonFiniteError, precompile, train
 
     opt = config.optimizer
     extra = "".join(f" {k}={v}" for k, v in _overrides(config).items())
@@ -147,6 +148,9 @@ def run(args: argparse.Namespace) -> int:
           flush=True)
     start = time.perf_counter()
     try:
+        # Compile (in the background) while the data loads.
+        precompile(config, *split_sizes(config.limit_train, config.limit_test),
+                   args.steps_per_call)
         datasets = DeviceDataset.splits(load_splits(
             args.data_dir, limit_train=config.limit_train, limit_test=config.limit_test,
             download=not args.no_download))

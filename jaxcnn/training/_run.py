@@ -12,15 +12,18 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
-from ..data import DeviceDataset, load_splits, num_batches
+from ..data import DeviceDataset, load_splits, num_batches, split_sizes
 from ..models import build_model
+from . import _programs
 from ._checkpoint import CheckpointError, Checkpoints, write_config, write_metrics
-from ._loop import Dataset, EpochStats, fit
+from ._loop import Dataset, EpochStats, eval_blocks, fit
 from ._optim import epoch_learning_rates, make_optimizer
 from ._plot import plot_history
-from ._state import TrainState, create_train_state
+from ._state import TrainState, abstract_train_state, create_train_state, variables_of
 from .config import TrainConfig, resume_conflicts
+from .steps import auto_steps_per_call, count_correct_scan, train_scan
 
 PLOT_FILE = "curves.png"
 
@@ -44,15 +47,51 @@ def _model_and_tx(config_json: str, steps_per_epoch: int) -> tuple[nn.Module, An
             make_optimizer(config.optimizer, steps_per_epoch, config.epochs))
 
 
-def init_state(config: TrainConfig, steps_per_epoch: int) -> tuple[nn.Module, TrainState]:
-    """The model of ``config`` and its fresh state (``PRNGKey(seed)``, torch-default init)."""
+def _model_tx_shape(config: TrainConfig, steps_per_epoch: int
+                    ) -> tuple[nn.Module, Any, tuple[int, int, int, int]]:
     key = dict(config.to_dict(), seed=0, limit_train=None, limit_test=None)
     if config.optimizer.schedule == "constant":  # the optimizer does not depend on them
         key["epochs"], steps_per_epoch = 1, 1
     model, tx = _model_and_tx(json.dumps(key, sort_keys=True), steps_per_epoch)
     in_channels = config.model_cfg().in_channels
-    shape = (1, config.input_size, config.input_size, in_channels)
+    return model, tx, (1, config.input_size, config.input_size, in_channels)
+
+
+def init_state(config: TrainConfig, steps_per_epoch: int) -> tuple[nn.Module, TrainState]:
+    """The model of ``config`` and its fresh state (``PRNGKey(seed)``, torch-default init)."""
+    model, tx, shape = _model_tx_shape(config, steps_per_epoch)
     return model, create_train_state(model, jax.random.PRNGKey(config.seed), shape, tx)
+
+
+def precompile(config: TrainConfig, train_size: int, test_size: int,
+               steps_per_call: int | None = None, image_shape: tuple[int, int] = (28, 28)
+               ) -> None:
+    """Start compiling, in background threads, every program a run of ``config`` on
+    ``train_size``/``test_size`` examples needs (init, the training calls, the test pass), so
+    that they compile concurrently with each other and with the data loading; the run then
+    uses them (:mod:`jaxcnn.training._programs`). Only shapes are needed."""
+    bs = config.batch_size
+    model, tx, shape = _model_tx_shape(config, num_batches(train_size, bs))
+    state = abstract_train_state(model, shape, tx)
+    static = {"resize": config.resize, "precision": config.precision}
+
+    def data(n: int) -> tuple[jax.ShapeDtypeStruct, jax.ShapeDtypeStruct]:
+        return (jax.ShapeDtypeStruct((n, *image_shape), jnp.uint8),
+                jax.ShapeDtypeStruct((n,), jnp.int32))
+
+    full, rest = divmod(train_size, bs)
+    k = steps_per_call or auto_steps_per_call(full)
+    blocks = {k} if full >= k and k > 1 else set()
+    if k > 1 and full % k:
+        blocks.add(full % k)
+    for rows, width in [*((b, bs) for b in blocks), *([(1, rest)] if rest and k > 1 else [])]:
+        _programs.precompile(train_scan, state, *data(train_size),
+                             jax.ShapeDtypeStruct((rows, width), jnp.int32), **static)
+    idx, _ = eval_blocks(test_size, bs)
+    _programs.precompile(count_correct_scan, variables_of(state.params, state.batch_stats),
+                         *data(test_size), jax.ShapeDtypeStruct(idx.shape, jnp.int32),
+                         jax.ShapeDtypeStruct(idx.shape, jnp.bool_), apply_fn=model.apply,
+                         **static)
 
 
 def load_checkpoint(workdir: str | os.PathLike[str],
@@ -71,7 +110,7 @@ def train(config: TrainConfig, workdir: str | os.PathLike[str] | None = None, *,
           resume: bool = False, keep: int = 3, data_dir: str | os.PathLike[str] | None = None,
           plot: bool = False, log: Callable[[str], None] | None = print, log_every: int = 0,
           progress: bool | None = None,
-          datasets: tuple[Dataset, Dataset] | None = None, steps_per_call: int = 1
+          datasets: tuple[Dataset, Dataset] | None = None, steps_per_call: int | None = None
           ) -> RunResult:
     """Train ``config`` as the book does, checkpointing every epoch into ``workdir``.
 
@@ -80,7 +119,8 @@ def train(config: TrainConfig, workdir: str | os.PathLike[str] | None = None, *,
     checkpoint (its config must equal ``config`` except for more ``epochs``); without it a
     workdir that already has checkpoints is refused. ``datasets`` replaces Fashion-MNIST
     (``(train, test)``, e.g. synthetic ones). ``log_every=N`` logs every N-th step's loss.
-    ``steps_per_call=K`` runs K updates per compiled call (same results; faster on a GPU).
+    ``steps_per_call=K`` runs K updates per compiled call (default: chosen per epoch length,
+    :func:`~jaxcnn.training.train_epoch`; the same updates as one by one).
     Raises :class:`CheckpointError` and :class:`~jaxcnn.training.NonFiniteError`.
     """
     if (resume or plot) and workdir is None:
@@ -100,6 +140,9 @@ def train(config: TrainConfig, workdir: str | os.PathLike[str] | None = None, *,
                 raise CheckpointError(f"cannot resume {workdir} with these settings:\n  "
                                       + "\n  ".join(problems))
 
+        sizes = ((len(datasets[0]), len(datasets[1])) if datasets is not None else
+                 split_sizes(config.limit_train, config.limit_test))
+        precompile(config, *sizes, steps_per_call)  # compiles while the data loads
         train_ds, test_ds = datasets or DeviceDataset.splits(load_splits(
             data_dir, limit_train=config.limit_train, limit_test=config.limit_test))
         steps_per_epoch = num_batches(len(train_ds), config.batch_size)
