@@ -9,6 +9,7 @@ from . import convert, inspect, layers, registry, testing, traversal
 from ._layout import nchw_to_nhwc, nhwc_to_nchw
 from .convert import (
     StateDictError,
+    WeightsFileError,
     from_torch_state_dict,
     load_safetensors,
     save_safetensors,
@@ -33,6 +34,7 @@ __version__ = "0.1.0"
 __all__ = [
     "StateDictError",
     "Summary",
+    "WeightsFileError",
     "__version__",
     "buffers",
     "build_model",
