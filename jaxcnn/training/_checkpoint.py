@@ -160,11 +160,16 @@ class Checkpoints:
                 "config": config.to_dict(), **(extra or {})}
         meta[DIGESTS] = {"algorithm": "sha256", "arrays": state_digests(state),
                          "meta": _meta_digest(meta)}
+        absl = logging.getLogger("absl")
+        level = absl.level
+        absl.setLevel(logging.CRITICAL)  # a failure is reported once, below, not per thread
         try:
             self._manager.save(epoch, args=ocp.args.Composite(
                 state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
             self._manager.wait_until_finished()
         except Exception as e:
+            # orbax's writer tasks would log the same error again when collected
+            logging.getLogger("asyncio").setLevel(logging.CRITICAL)
             self._remove_partial(epoch)
             code, reason = _os_error(e)
             fix = {errno.ENOSPC: "free some space", errno.EDQUOT: "free some space",
@@ -177,6 +182,8 @@ class Checkpoints:
             raise CheckpointWriteError(
                 f"could not write the checkpoint of epoch {epoch} to {self.directory}: "
                 f"{reason}; {earlier}", code) from e
+        finally:
+            absl.setLevel(level)
 
     def _remove_partial(self, epoch: int) -> None:
         for p in self.directory.glob(f"{epoch}.orbax-checkpoint-tmp*"):
