@@ -5,7 +5,15 @@ PyTorch models' structure, so their variables convert to and from torch state di
 (:mod:`jaxcnn.convert`). This package never imports torch.
 """
 
-from . import convert, inspect, layers, registry, testing, traversal
+from . import (
+    _startup,  # noqa: F401  (first: Ctrl-C while the CLI starts)
+    convert,
+    inspect,
+    layers,
+    registry,
+    testing,
+    traversal,
+)
 from ._layout import nchw_to_nhwc, nhwc_to_nchw
 from .convert import (
     StateDictError,

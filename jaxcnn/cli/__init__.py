@@ -114,6 +114,17 @@ def _os_message(e: OSError) -> str:
     return f"{what}{where}" + (f" ({fix})" if fix else "")
 
 
+def _restore_sigint() -> None:
+    """Ctrl-C raises KeyboardInterrupt again (``jaxcnn/__init__`` exits at once while the
+    command line starts), for the commands' own messages."""
+    import signal
+
+    from .._startup import interrupted_while_starting
+
+    if signal.getsignal(signal.SIGINT) is interrupted_while_starting:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; see the module docstring for how failures are reported."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -124,6 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
+        _restore_sigint()
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         if debug:
