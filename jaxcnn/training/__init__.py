@@ -16,10 +16,13 @@
 from ._checkpoint import (
     CheckpointError,
     Checkpoints,
+    CheckpointWriteError,
+    DamagedCheckpoint,
     latest_epoch,
     read_meta,
     write_metrics,
 )
+from ._lock import WorkdirLock, WorkdirLocked, check_workdir
 from ._loop import EpochStats, NonFiniteError, evaluate_accuracy, fit, train_epoch
 from ._optim import (
     OPTIMIZERS,
@@ -57,14 +60,19 @@ __all__ = [
     "PRESETS",
     "SCHEDULES",
     "CheckpointError",
+    "CheckpointWriteError",
     "Checkpoints",
+    "DamagedCheckpoint",
     "EpochStats",
     "NonFiniteError",
     "OptimizerConfig",
     "RunResult",
     "TrainConfig",
     "TrainState",
+    "WorkdirLock",
+    "WorkdirLocked",
     "auto_steps_per_call",
+    "check_workdir",
     "chunk_indices",
     "count_correct_scan",
     "create_train_state",

@@ -42,7 +42,8 @@ class Dataset(Protocol):
 
 
 class NonFiniteError(FloatingPointError):
-    """The loss or the parameters became NaN/inf; ``step`` (1-based global step) and ``epoch``
+    """The loss or the state (parameters, BatchNorm statistics, optimizer state) became
+    NaN/inf; ``step`` (1-based global step) and ``epoch``
     (1-based) name the first bad update."""
 
     def __init__(self, message: str, step: int, epoch: int) -> None:
@@ -118,11 +119,12 @@ class EpochStats:
 def _non_finite(step: int, epoch: int, batch: int, nbatch: int, loss: float) -> NonFiniteError:
     where = f"global step {step} (epoch {epoch}, batch {batch} of {nbatch})"
     what = (f"non-finite loss ({loss}) at {where}" if not np.isfinite(loss) else
-            f"the update of {where} made the parameters non-finite (loss was {loss:.4g})")
+            f"the update of {where} made the state non-finite (parameters, BatchNorm "
+            f"statistics or optimizer state; loss was {loss:.4g})")
     return NonFiniteError(
         f"training diverged: {what}. Nothing of epoch {epoch} was saved; lower the learning "
         f"rate (or change the optimizer/schedule), then start again or resume from the last "
-        f"good checkpoint.", step, epoch)
+        f"good checkpoint with --resume --change-optimizer --lr ...", step, epoch)
 
 
 def train_epoch(state: TrainState, dataset: Dataset, *, batch_size: int, epoch: int,

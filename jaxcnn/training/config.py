@@ -120,12 +120,17 @@ PRESETS: dict[str, tuple[TrainConfig, str]] = {
 }
 
 
-def resume_conflicts(saved: TrainConfig, requested: TrainConfig, done_epochs: int) -> list[str]:
+def resume_conflicts(saved: TrainConfig, requested: TrainConfig, done_epochs: int, *,
+                     allow_optimizer_change: bool = False) -> list[str]:
     """Why ``requested`` cannot continue a run trained with ``saved`` for ``done_epochs``
-    (empty if it can). Only ``epochs`` may change: grow, and not under a cosine schedule."""
+    (empty if it can). Only ``epochs`` may change: grow, and not under a cosine schedule; with
+    ``allow_optimizer_change`` the optimizer and its schedule may change too (e.g. a lower
+    learning rate after a divergence). Model and data settings never may."""
     problems = []
     a, b = saved.to_dict(), requested.to_dict()
     for key in a:
+        if allow_optimizer_change and key == "optimizer":
+            continue
         if key != "epochs" and a[key] != b[key]:
             if isinstance(a[key], dict):
                 for sub in sorted(set(a[key]) | set(b[key])):
@@ -137,7 +142,8 @@ def resume_conflicts(saved: TrainConfig, requested: TrainConfig, done_epochs: in
     if requested.epochs < done_epochs:
         problems.append(f"epochs: the checkpoint already has {done_epochs} epochs, requested "
                         f"{requested.epochs}")
-    elif requested.epochs != saved.epochs and saved.optimizer.schedule == "cosine":
+    elif (requested.epochs != saved.epochs and saved.optimizer.schedule == "cosine"
+          and not allow_optimizer_change):
         problems.append(f"epochs: the cosine schedule was built for {saved.epochs} epochs "
                         f"(T_max), requested {requested.epochs}")
     return problems

@@ -63,7 +63,8 @@ def update(state: TrainState, images: jax.Array, labels: jax.Array, resize: int 
         "loss": loss,
         "correct": jnp.sum(jnp.argmax(logits, axis=1) == labels).astype(jnp.int32),
         "count": jnp.asarray(labels.shape[0], jnp.int32),
-        "finite": jnp.isfinite(loss) & all_finite(params),
+        # everything a checkpoint saves: parameters, BatchNorm statistics, optimizer state
+        "finite": jnp.isfinite(loss) & all_finite((params, batch_stats, opt_state)),
     }
     return new_state, metrics
 
@@ -85,8 +86,9 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, *,
 
     Returns:
       ``(new_state, metrics)``; metrics: ``loss`` (mean cross-entropy, float32), ``correct``
-      (int32, ``argmax(logits, 1) == y``), ``count`` (B) and ``finite`` (the loss and the new
-      parameters are all finite).
+      (int32, ``argmax(logits, 1) == y``), ``count`` (B) and ``finite`` (the loss and the whole
+      new state that a checkpoint saves, parameters, BatchNorm statistics and optimizer state,
+      are all finite).
     """
     return update(state, images, labels, resize, precision)
 
