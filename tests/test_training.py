@@ -500,6 +500,9 @@ def test_nan_stops_naming_the_step_and_keeps_last_checkpoint(lenet_setup, datase
     ("alexnet", "alexnet", 224, 128, 0.001, {}),
     ("vgg11_small", "vgg11", 224, 64, 0.001, {"ratio": 8}),
     ("nin", "nin", 224, 128, 0.002, {}),
+    ("googlenet", "googlenet", 96, 128, 0.001, {}),
+    ("resnet18", "resnet18", 96, 256, 0.001, {}),
+    ("densenet", "densenet", 96, 256, 0.001, {}),
 ])
 def test_presets_are_the_books(name, model, resize, batch, lr, extra):
     cfg = PRESETS[name][0]

@@ -142,8 +142,11 @@ def register(subparsers: Any) -> None:
 def _overrides(cfg: Any) -> dict[str, Any]:
     from ..registry import make_config
 
+    def plain(v: Any) -> Any:  # the config stores tuples as lists
+        return list(v) if isinstance(v, tuple) else v
+
     default = dataclasses.asdict(make_config(cfg.model))
-    return {k: v for k, v in cfg.model_config.items() if default.get(k) != v}
+    return {k: v for k, v in cfg.model_config.items() if plain(default.get(k)) != plain(v)}
 
 
 def run(args: argparse.Namespace) -> int:

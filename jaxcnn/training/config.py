@@ -117,6 +117,9 @@ PRESETS: dict[str, tuple[TrainConfig, str]] = {
     "alexnet": (_book("alexnet", 224, 128, 0.001), "5.6 AlexNet"),
     "vgg11_small": (_book("vgg11", 224, 64, 0.001, ratio=8), "5.7 VGG-11, ratio 8"),
     "nin": (_book("nin", 224, 128, 0.002), "5.8 NiN"),
+    "googlenet": (_book("googlenet", 96, 128, 0.001), "5.9 GoogLeNet"),
+    "resnet18": (_book("resnet18", 96, 256, 0.001), "5.11 ResNet-18"),
+    "densenet": (_book("densenet", 96, 256, 0.001), "5.12 DenseNet"),
 }
 
 
