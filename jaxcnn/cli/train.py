@@ -116,6 +116,21 @@ def register(subparsers: Any) -> None:
                           "batches of an epoch up to 64, else the largest divisor of their "
                           "number up to 64; 1: one call per batch)")
     add_config_options(how, ["seed", "limit_train", "limit_test"])
+    where = p.add_argument_group(
+        "devices and hosts (data parallel: README 'Several devices and hosts')")
+    where.add_argument("--devices", type=positive_int, default=None, metavar="N",
+                       help="train on N devices, each batch split over them (default: all "
+                            "local devices; CPU: JAX_NUM_CPU_DEVICES=N gives N virtual ones); "
+                            "the batch size must divide by N")
+    where.add_argument("--coordinator", metavar="HOST:PORT",
+                       help="multi-process run: process 0's address (jax.distributed; default "
+                            "$JAX_COORDINATOR_ADDRESS, or auto-detected under SLURM)")
+    where.add_argument("--num-processes", type=positive_int, default=None, metavar="P",
+                       help="multi-process run: the number of processes")
+    where.add_argument("--process-id", type=non_negative_int, default=None, metavar="I",
+                       help="multi-process run: this process's index, 0 .. P-1")
+    where.add_argument("--coordinator-timeout", type=positive_int, default=60, metavar="SEC",
+                       help="seconds to wait for all processes to join (default 60)")
     out = p.add_argument_group("where")
     out.add_argument("--workdir", type=Path, metavar="DIR",
                      help="checkpoints, metrics.jsonl, config.json (and curves.png) go here")
@@ -150,8 +165,20 @@ def _overrides(cfg: Any) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .. import distributed
+
+    try:  # before anything starts JAX's backend (jax.distributed requires it)
+        distributed.initialize(args.coordinator, args.num_processes, args.process_id,
+                               timeout=args.coordinator_timeout)
+    except distributed.DistributedError as e:
+        args._parser.error(str(e))
     config = run_config(args._parser, args)
     runtime.configure()
+    try:
+        distributed.use_devices(args.devices)
+        distributed.check_batch_size(config.batch_size)
+    except distributed.DistributedError as e:
+        args._parser.error(str(e))
 
     from ..data import DataError, DeviceDataset, load_splits, split_sizes
     from ..training import CheckpointError, NonFiniteError, WorkdirLock, precompile, train
@@ -163,8 +190,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"training {config.model}{extra} ({config.input_size}x{config.input_size}), batch "
           f"{config.batch_size}, {opt.name} lr {opt.lr:g} ({opt.schedule}), {config.epochs} "
           f"epochs, seed {config.seed}{limits}"
-          + ("" if config.precision == "float32" else f", {config.precision} mixed precision"),
-          flush=True)
+          + ("" if config.precision == "float32" else f", {config.precision} mixed precision")
+          + f", on {distributed.describe()}", flush=True)
     start = time.perf_counter()
     lock = None
     try:
