@@ -120,9 +120,12 @@ def put_replicated(tree: Any) -> Any:
     sharding = replicated()
     if jax.process_count() == 1:
         return jax.device_put(tree, sharding)
-    return jax.tree.map(
-        lambda x: jax.make_array_from_callback(np.shape(x), sharding,
-                                               lambda i, x=np.asarray(x): x[i]), tree)
+
+    def put(x: Any) -> jax.Array:
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, sharding, lambda i: host[i])
+
+    return jax.tree.map(put, tree)
 
 
 def put_batch(block: np.ndarray) -> jax.Array:

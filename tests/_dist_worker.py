@@ -50,7 +50,6 @@ def main(argv: list[str]) -> int:
     p.add_argument("--process-id", type=int)
     args = p.parse_args(argv)
 
-    import jax
 
     from jaxcnn import distributed
 
