@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import time
 from pathlib import Path
@@ -183,6 +184,9 @@ def run(args: argparse.Namespace) -> int:
     from ..data import DataError, DeviceDataset, load_splits, split_sizes
     from ..training import CheckpointError, NonFiniteError, WorkdirLock, precompile, train
 
+    if not distributed.is_main_process():  # only process 0 prints (errors still go to stderr)
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the rest of the process)
+
     opt = config.optimizer
     extra = "".join(f" {k}={v}" for k, v in _overrides(config).items())
     limits = "".join(f", {k} {v}" for k, v in (("limit-train", config.limit_train),
@@ -195,7 +199,8 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     lock = None
     try:
-        if args.workdir is not None:  # before the data loads: a bad workdir fails at once
+        if args.workdir is not None and distributed.is_main_process():
+            # before the data loads: a bad workdir fails at once
             lock = WorkdirLock(args.workdir).acquire()
         # Compile (in the background) while the data loads.
         precompile(config, *split_sizes(config.limit_train, config.limit_test),
@@ -204,7 +209,8 @@ def run(args: argparse.Namespace) -> int:
             args.data_dir, limit_train=config.limit_train, limit_test=config.limit_test,
             download=not args.no_download))
         result = train(config, args.workdir, resume=args.resume, keep=args.keep,
-                       plot=args.plot, log=lambda s: print(s, flush=True),
+                       plot=args.plot and distributed.is_main_process(),
+                       log=lambda s: print(s, flush=True),
                        log_every=args.log_every, datasets=datasets,
                        steps_per_call=args.steps_per_call,
                        allow_optimizer_change=args.change_optimizer)

@@ -169,7 +169,8 @@ def train(config: TrainConfig, workdir: str | os.PathLike[str] | None = None, *,
     """
     if (resume or plot) and workdir is None:
         raise CheckpointError("resume and plot need a workdir")
-    lock = WorkdirLock(workdir, notice=log) if workdir is not None else None
+    main = distributed.is_main_process()  # only process 0 locks and writes metrics/plots
+    lock = WorkdirLock(workdir, notice=log) if workdir is not None and main else None
     if lock is not None:
         lock.acquire()
     ckpt = None
@@ -212,10 +213,11 @@ def train(config: TrainConfig, workdir: str | os.PathLike[str] | None = None, *,
                                       f"epoch, this data gives {steps_per_epoch}")
             state = distributed.put_replicated(_continue_with(restored, state, log))
             history = [EpochStats(**h) for h in meta["history"]]
-            write_metrics(workdir, history)
+            if main:
+                write_metrics(workdir, history)
             if log:
                 log(f"resumed {workdir} at epoch {latest} (global step {int(state.step)})")
-        if workdir is not None:
+        if workdir is not None and main:
             Path(workdir).mkdir(parents=True, exist_ok=True)
             write_config(workdir, config)
 
@@ -223,8 +225,9 @@ def train(config: TrainConfig, workdir: str | os.PathLike[str] | None = None, *,
             if ckpt is None:
                 return
             ckpt.save(history[-1].epoch, state, history, config,
-                      extra={"steps_per_epoch": steps_per_epoch})
-            write_metrics(workdir, history)
+                      extra={"steps_per_epoch": steps_per_epoch})  # all processes (orbax)
+            if main:
+                write_metrics(workdir, history)
 
         def on_step(step: int, m: dict[str, float]) -> None:
             if log and log_every and step % log_every == 0:
@@ -243,7 +246,7 @@ def train(config: TrainConfig, workdir: str | os.PathLike[str] | None = None, *,
             ckpt.close()
         if lock is not None:
             lock.release()
-    if plot and history:
+    if plot and history and main:
         path = plot_history(history, Path(workdir) / PLOT_FILE, title=config.model)
         if log:
             log(f"curves: {path}")
