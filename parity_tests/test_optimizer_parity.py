@@ -462,3 +462,29 @@ def test_same_gradients_give_the_same_updates(name: str) -> None:
             sched.step()
         for k, p in torch_params.items():
             assert_close(params[k], p.detach().numpy(), f"{name} step {step + 1}: {k}")
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw"])
+def test_optimizer_config_defaults_are_torchs(name: str) -> None:
+    """``OptimizerConfig``'s defaults configure both sides, so they must be torch's own: each
+    field equals the default in the signature of ``torch.optim.SGD/Adam/AdamW`` (and of the
+    schedulers), and the torch optimizer built from ``OptimizerConfig(name=...)`` has the same
+    ``defaults`` as one built with no arguments."""
+    import inspect
+
+    cls = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[name]
+    cfg = OptimizerConfig(name=name)
+    sig = {k: v.default for k, v in inspect.signature(cls).parameters.items()}
+    fields = {"lr": cfg.lr, "weight_decay": cfg.effective_weight_decay}
+    if name == "sgd":
+        fields |= {"momentum": cfg.momentum, "nesterov": cfg.nesterov}
+    else:
+        fields |= {"betas": cfg.betas, "eps": cfg.eps}
+    for key, value in fields.items():
+        assert value == sig[key], f"{name}: OptimizerConfig {key} = {value!r}, torch {sig[key]!r}"
+    p = [torch.nn.Parameter(torch.zeros(2))]
+    assert make_torch_optimizer(cfg, p).defaults == cls(p).defaults
+    step = inspect.signature(torch.optim.lr_scheduler.StepLR).parameters
+    cosine = inspect.signature(torch.optim.lr_scheduler.CosineAnnealingLR).parameters
+    assert cfg.gamma == step["gamma"].default and cfg.eta_min == cosine["eta_min"].default
+
