@@ -1,15 +1,18 @@
 """Data parallelism on JAX's own runtime: a 1-D device mesh (axis ``data``) over the devices of
 this process, or of all processes after :func:`initialize` (``jax.distributed``).
 
-What is sharded: every training batch (its index block ``(K, B)`` is split along ``B``, each
-device gathers its ``B / N`` examples from the dataset it holds) and every test block. What is
-replicated: the dataset (uint8, small), parameters, optimizer state, BatchNorm statistics and
-the dropout key. The compiled step is the same function as on one device: ``jax.jit``
-propagates the shardings (GSPMD), so the mean of the loss, the gradients and BatchNorm's batch
-mean/variance become all-reduces over the mesh, i.e. BatchNorm uses the statistics of the
-**global** batch (torch's ``SyncBatchNorm``), and N devices train like one up to float32
-reduction order. Dropout masks do not depend on the device count
-(``jax_threefry_partitionable``).
+What is sharded: every training batch and every test block, split along the batch ``B``. In
+one process the (uint8, small) dataset is replicated on its devices and each device gathers
+its ``B / N`` examples of an index block ``(K, B)``; with several processes every process
+reads only its devices' rows of each global batch from the host arrays and the global
+``(K, B, H, W)`` batch is assembled with ``jax.make_array_from_process_local_data``
+(:func:`put_local_blocks`): the same global batches, in the same order. What is replicated:
+parameters, optimizer state, BatchNorm statistics and the dropout key. The compiled step is
+the same function as on one device: ``jax.jit`` propagates the shardings (GSPMD), so the mean
+of the loss, the gradients and BatchNorm's batch mean/variance become all-reduces over the
+mesh, i.e. BatchNorm uses the statistics of the **global** batch (torch's ``SyncBatchNorm``),
+and N devices train like one up to float32 reduction order. Dropout masks do not depend on the
+device count (``jax_threefry_partitionable``).
 
 The mesh in use is process state: :func:`use_devices` sets it (``None``: one device, the
 plain single-device path), the training code asks :func:`mesh`.
@@ -101,15 +104,53 @@ def replicated() -> NamedSharding | None:
     return None if _mesh is None else NamedSharding(_mesh, P())
 
 
-def batch_sharding(shape: tuple[int, ...]) -> NamedSharding | None:
-    """The sharding of an index block ``(K, B)`` (or ``(B,)``): split along ``B`` over the
-    mesh; replicated when ``B`` does not divide (the epoch's partial last batch: every device
-    then computes that whole batch, the same result); ``None`` without a mesh."""
+def batch_sharding(shape: tuple[int, ...], axis: int = -1) -> NamedSharding | None:
+    """The sharding of an index block ``(K, B)`` (or ``(B,)``; ``axis=1`` for an image block
+    ``(K, B, H, W)``): split along ``B`` over the mesh; replicated when ``B`` does not divide
+    (the epoch's partial last batch: every device then computes that whole batch, the same
+    result); ``None`` without a mesh."""
     if _mesh is None:
         return None
-    if shape[-1] % _mesh.size:
+    axis %= len(shape)
+    if shape[axis] % _mesh.size:
         return NamedSharding(_mesh, P())
-    return NamedSharding(_mesh, P(*([None] * (len(shape) - 1)), AXIS))
+    return NamedSharding(_mesh, P(*([None] * axis), AXIS))
+
+
+def is_multi_process() -> bool:
+    """A mesh over several processes: batches are read per process (:func:`put_local_blocks`)."""
+    return _mesh is not None and jax.process_count() > 1
+
+
+def local_rows(sharding: NamedSharding, shape: tuple[int, ...], axis: int = 1) -> slice:
+    """The contiguous range along ``axis`` that this process's devices hold of an array of
+    ``shape`` placed with ``sharding`` (everything when it is replicated)."""
+    spans = {(i[axis].start or 0, shape[axis] if i[axis].stop is None else i[axis].stop)
+             for i in sharding.addressable_devices_indices_map(shape).values()}
+    lo, hi = min(a for a, _ in spans), max(b for _, b in spans)
+    if sum(b - a for a, b in spans) != hi - lo:
+        raise DistributedError(f"this process's devices hold non-contiguous rows {sorted(spans)}")
+    return slice(lo, hi)
+
+
+def put_local_blocks(images: np.ndarray, labels: np.ndarray, block: np.ndarray,
+                     valid: np.ndarray | None = None) -> tuple[jax.Array, ...]:
+    """The global batches of an index block ``(K, B)`` into host arrays (uint8 images
+    ``(N, H, W)``, labels ``(N,)``), each process reading only its devices' rows: global
+    ``(images (K, B, H, W), labels (K, B)[, valid (K, B)])`` split along ``B`` (replicated,
+    every process reading the whole block, when ``B`` does not divide). Every process passes
+    the same ``block`` (a pure function of the seed and epoch)."""
+    block = np.asarray(block)
+    k, b = block.shape
+    xs = batch_sharding((k, b, *images.shape[1:]), axis=1)
+    ys = batch_sharding((k, b), axis=1)
+    rows = local_rows(ys, (k, b))
+    mine = block[:, rows]
+    out = [jax.make_array_from_process_local_data(xs, images[mine], (k, b, *images.shape[1:])),
+           jax.make_array_from_process_local_data(ys, labels[mine], (k, b))]
+    if valid is not None:
+        out.append(jax.make_array_from_process_local_data(ys, np.asarray(valid)[:, rows], (k, b)))
+    return tuple(out)
 
 
 def put_replicated(tree: Any) -> Any:
@@ -195,7 +236,34 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
             f"{process_id} of {num_processes} within the {timeout} s timeout (are all "
             f"processes started with the same --num-processes, and is the address "
             f"reachable?): {first[:300]}") from e
+    _check_agreement(num_processes, process_id, timeout)
     return True
+
+
+def _check_agreement(num_processes: int | None, process_id: int | None, timeout: int) -> None:
+    """Every process publishes its ``--num-processes`` in the coordinator's key-value store and
+    compares it with process 0's (process 0 with everybody's): a mismatch raises
+    :class:`DistributedError` naming the flag, before any other work."""
+    from jax._src import distributed as jd
+
+    client = jd.global_state.client
+    if client is None or num_processes is None or process_id is None:
+        return  # SLURM: JAX read one job description, nothing to disagree on
+    client.key_value_set(f"jaxcnn/num_processes/{process_id}", str(num_processes))
+    peers = range(1, num_processes) if process_id == 0 else [0]
+    for peer in peers:
+        try:
+            theirs = int(client.blocking_key_value_get(f"jaxcnn/num_processes/{peer}",
+                                                       timeout * 1000))
+        except Exception as e:
+            raise DistributedError(
+                f"process {peer} did not report its --num-processes within the {timeout} s "
+                f"timeout (--coordinator-timeout): {str(e).strip()[:200]}") from e
+        if theirs != num_processes:
+            raise DistributedError(
+                f"--num-processes differs between processes: process {process_id} was started "
+                f"with --num-processes {num_processes}, process {peer} with --num-processes "
+                f"{theirs}; start every process with the same --num-processes")
 
 
 def _wait_reachable(coordinator: str, timeout: float, process_id: int, num_processes: int | None

@@ -46,9 +46,10 @@ def _gather(images: jax.Array, labels: jax.Array, index: jax.Array) -> tuple[jax
 
 class DeviceDataset:
     """Images (uint8 ``(N, H, W)``) and labels (int32 ``(N,)``) placed on the default JAX
-    device once; :meth:`batches` gathers each batch there."""
+    device once (host arrays in a multi-process run, see :meth:`from_arrays`); :meth:`batches`
+    gathers each batch there."""
 
-    def __init__(self, images: jax.Array, labels: jax.Array) -> None:
+    def __init__(self, images: jax.Array | np.ndarray, labels: jax.Array | np.ndarray) -> None:
         if images.ndim != 3 or images.dtype != jnp.uint8:
             raise ValueError(f"images must be uint8 (N, H, W), got {images.dtype} {images.shape}")
         if labels.shape != images.shape[:1] or labels.dtype != jnp.int32:
@@ -67,7 +68,9 @@ class DeviceDataset:
     @classmethod
     def from_arrays(cls, images: np.ndarray | jax.Array, labels: np.ndarray | jax.Array):
         """Copy uint8 images ``(N, H, W)`` and integer labels ``(N,)`` to the device (to every
-        device of :mod:`jaxcnn.distributed`'s mesh, replicated, when there is one)."""
+        device of :mod:`jaxcnn.distributed`'s mesh, replicated, when there is one). In a
+        multi-process run they stay host (numpy) arrays: each process reads only its rows of
+        every batch from them (:func:`jaxcnn.distributed.put_local_blocks`)."""
         images_np, labels_np = np.asarray(images), np.asarray(labels)
         if images_np.dtype != np.uint8:
             raise ValueError(f"images must be uint8, got {images_np.dtype}")
@@ -75,6 +78,8 @@ class DeviceDataset:
             raise ValueError(f"labels must be integers, got {labels_np.dtype}")
         from .. import distributed
 
+        if distributed.is_multi_process():
+            return cls(np.ascontiguousarray(images_np), labels_np.astype(np.int32))
         if distributed.mesh() is not None:
             images_a, labels_a = distributed.put_replicated(
                 (images_np, labels_np.astype(np.int32)))

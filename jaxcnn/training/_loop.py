@@ -26,7 +26,9 @@ from .steps import (
     auto_steps_per_call,
     chunk_indices,
     count_correct,
+    count_correct_blocks,
     count_correct_scan,
+    train_blocks,
     train_scan,
     train_step,
 )
@@ -59,6 +61,16 @@ def _on_device(dataset: Dataset) -> tuple[jax.Array, jax.Array] | None:
     return None
 
 
+def _per_process(dataset: Dataset) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(images, labels)`` host arrays of a ``DeviceDataset`` of a multi-process run (each
+    process reads its rows of every batch from them), else None."""
+    images, labels = getattr(dataset, "images", None), getattr(dataset, "labels", None)
+    if (distributed.is_multi_process() and isinstance(images, np.ndarray)
+            and isinstance(labels, np.ndarray)):
+        return images, labels
+    return None
+
+
 def eval_blocks(n: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     """The test pass as index blocks: int32 ``(K, B)`` indices ``0 .. n-1`` in order (the last
     block padded with index 0) and the bool ``(K, B)`` mask of the real ones."""
@@ -70,8 +82,12 @@ def eval_blocks(n: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _accuracy(apply_fn: Callable[..., Any], variables: Any, dataset: Dataset, batch_size: int,
               resize: int | None, precision: str = "float32") -> float:
-    arrays = _on_device(dataset)
-    if arrays is None:  # any iterable of batches: one call per batch
+    arrays, host = _on_device(dataset), _per_process(dataset)
+    if host is not None:  # several processes: each reads its rows of every block
+        blocks = distributed.put_local_blocks(*host, *eval_blocks(len(dataset), batch_size))
+        total = int(_programs.call(count_correct_blocks, variables, *blocks, apply_fn=apply_fn,
+                                   resize=resize, precision=precision))
+    elif arrays is None:  # any iterable of batches: one call per batch
         counts = [count_correct(apply_fn, variables, x, y, resize, precision)
                   for x, y in dataset.batches(batch_size, shuffle=False)]
         total = int(np.sum(jax.device_get(counts), dtype=np.int64))
@@ -185,13 +201,14 @@ def train_epoch(state: TrainState, dataset: Dataset, *, batch_size: int, epoch: 
 
     pending: dict[str, jax.Array] | None = None  # the previous call's metrics, (K,) each
     if steps_per_call is None:
-        steps_per_call = 1 if _on_device(dataset) is None else auto_steps_per_call(n // batch_size)
-    for batch in _calls(dataset, batch_size, seed, epoch, steps_per_call):
-        if len(batch) == 2:
+        held = _on_device(dataset) is not None or _per_process(dataset) is not None
+        steps_per_call = auto_steps_per_call(n // batch_size) if held else 1
+    for program, batch in _calls(dataset, batch_size, seed, epoch, steps_per_call):
+        if program is train_step:
             state, metrics = train_step(state, *batch, resize=resize, precision=precision)
             metrics = jax.tree.map(lambda a: a[None], metrics)
         else:
-            state, metrics = _programs.call(train_scan, state, *batch, resize=resize,
+            state, metrics = _programs.call(program, state, *batch, resize=resize,
                                             precision=precision)
         if pending is not None:
             consume(pending)
@@ -206,25 +223,32 @@ def train_epoch(state: TrainState, dataset: Dataset, *, batch_size: int, epoch: 
 
 
 def _calls(dataset: Dataset, batch_size: int, seed: int, epoch: int, steps_per_call: int
-           ) -> Iterator[tuple[jax.Array, ...]]:
-    """The epoch's work: ``(images, labels)`` batches for :func:`train_step`, or, with
-    ``steps_per_call > 1``, ``(images, labels, indices)`` blocks for ``train_scan`` then the
-    partial last batch, in :meth:`DeviceDataset.batches` order. Blocks are placed by
-    :func:`jaxcnn.distributed.put_batch` (sharded along the batch on several devices)."""
-    if steps_per_call == 1 and (distributed.mesh() is None or _on_device(dataset) is None):
-        yield from dataset.batches(batch_size, shuffle=True, seed=seed, epoch=epoch - 1)
+           ) -> Iterator[tuple[Callable[..., Any], tuple[jax.Array, ...]]]:
+    """The epoch's work as ``(program, arguments)``: ``(images, labels)`` batches for
+    :func:`train_step`; with ``steps_per_call > 1`` or a mesh, ``(images, labels, indices)``
+    for ``train_scan`` (blocks placed by :func:`jaxcnn.distributed.put_batch`, sharded along
+    the batch), or, with several processes, the gathered ``(images, labels)`` blocks of
+    :func:`jaxcnn.distributed.put_local_blocks` for ``train_blocks``; then the partial last
+    batch, in :meth:`DeviceDataset.batches` order."""
+    host = _per_process(dataset)
+    if host is None and steps_per_call == 1 and (distributed.mesh() is None
+                                                 or _on_device(dataset) is None):
+        for batch in dataset.batches(batch_size, shuffle=True, seed=seed, epoch=epoch - 1):
+            yield train_step, batch
         return
     arrays = _on_device(dataset)
-    if arrays is None:
+    if arrays is None and host is None:
         raise TypeError(f"steps_per_call={steps_per_call} needs the data on the device "
                         f"(jaxcnn.data.DeviceDataset), got {type(dataset).__name__}")
     n = len(dataset)
     order = epoch_order(seed, epoch - 1, n).astype(np.int32)
-    for block in chunk_indices(order, batch_size, steps_per_call):
-        yield (*arrays, distributed.put_batch(block))
     rest = order[n // batch_size * batch_size:]
-    if len(rest):  # one more call of one update
-        yield (*arrays, distributed.put_batch(rest[None]))
+    blocks = chunk_indices(order, batch_size, steps_per_call) + ([rest[None]] if len(rest) else [])
+    for block in blocks:  # the partial last batch: one more call of one update
+        if host is not None:
+            yield train_blocks, distributed.put_local_blocks(*host, block)
+        else:
+            yield train_scan, (*arrays, distributed.put_batch(block))
 
 
 def fit(state: TrainState, train_ds: Dataset, test_ds: Dataset, *, epochs: int,

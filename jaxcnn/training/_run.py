@@ -26,7 +26,13 @@ from ._optim import epoch_learning_rates, make_optimizer
 from ._plot import plot_history
 from ._state import TrainState, abstract_train_state, create_train_state, variables_of
 from .config import TrainConfig, resume_conflicts
-from .steps import auto_steps_per_call, count_correct_scan, train_scan
+from .steps import (
+    auto_steps_per_call,
+    count_correct_blocks,
+    count_correct_scan,
+    train_blocks,
+    train_scan,
+)
 
 PLOT_FILE = "curves.png"
 
@@ -85,8 +91,15 @@ def precompile(config: TrainConfig, train_size: int, test_size: int,
         return (jax.ShapeDtypeStruct((n, *image_shape), jnp.uint8, sharding=everywhere),
                 jax.ShapeDtypeStruct((n,), jnp.int32, sharding=everywhere))
 
-    def block(shape: tuple[int, int], dtype: Any = jnp.int32) -> jax.ShapeDtypeStruct:
-        return jax.ShapeDtypeStruct(shape, dtype, sharding=distributed.batch_sharding(shape))
+    def block(shape: tuple[int, ...], dtype: Any = jnp.int32) -> jax.ShapeDtypeStruct:
+        return jax.ShapeDtypeStruct(shape, dtype,
+                                    sharding=distributed.batch_sharding(shape, axis=1 if len(
+                                        shape) > 2 else -1))
+
+    per_process = distributed.is_multi_process()  # gathered blocks, not indices
+
+    def images(shape: tuple[int, int]) -> jax.ShapeDtypeStruct:
+        return block((*shape, *image_shape), jnp.uint8)
 
     full, rest = divmod(train_size, bs)
     k = steps_per_call or auto_steps_per_call(full)
@@ -95,12 +108,21 @@ def precompile(config: TrainConfig, train_size: int, test_size: int,
     if scan and full % k:
         blocks.add(full % k)
     for rows, width in [*((b, bs) for b in blocks), *([(1, rest)] if rest and scan else [])]:
-        _programs.precompile(train_scan, state, *data(train_size), block((rows, width)),
-                             **static)
+        if per_process:
+            _programs.precompile(train_blocks, state, images((rows, width)),
+                                 block((rows, width)), **static)
+        else:
+            _programs.precompile(train_scan, state, *data(train_size), block((rows, width)),
+                                 **static)
     idx, _ = eval_blocks(test_size, bs)
-    _programs.precompile(count_correct_scan, variables_of(state.params, state.batch_stats),
-                         *data(test_size), block(idx.shape), block(idx.shape, jnp.bool_),
-                         apply_fn=model.apply, **static)
+    variables = variables_of(state.params, state.batch_stats)
+    if per_process:
+        _programs.precompile(count_correct_blocks, variables, images(idx.shape),
+                             block(idx.shape), block(idx.shape, jnp.bool_),
+                             apply_fn=model.apply, **static)
+    else:
+        _programs.precompile(count_correct_scan, variables, *data(test_size), block(idx.shape),
+                             block(idx.shape, jnp.bool_), apply_fn=model.apply, **static)
 
 
 def _template_of(meta: dict[str, Any]) -> TrainState:
@@ -151,7 +173,8 @@ def train(config: TrainConfig, workdir: str | os.PathLike[str] | None = None, *,
           plot: bool = False, log: Callable[[str], None] | None = print, log_every: int = 0,
           progress: bool | None = None,
           datasets: tuple[Dataset, Dataset] | None = None, steps_per_call: int | None = None,
-          allow_optimizer_change: bool = False) -> RunResult:
+          allow_optimizer_change: bool = False,
+          on_step: Callable[[int, dict[str, float]], None] | None = None) -> RunResult:
     """Train ``config`` as the book does, checkpointing every epoch into ``workdir``.
 
     With ``workdir``: ``checkpoints/<epoch>`` (the newest ``keep``), ``metrics.jsonl``,
@@ -162,7 +185,8 @@ def train(config: TrainConfig, workdir: str | os.PathLike[str] | None = None, *,
     its structure allows). Without ``resume`` a workdir that already has checkpoints is
     refused. The workdir is locked for the whole run (:class:`WorkdirLock`). ``datasets``
     replaces Fashion-MNIST (``(train, test)``, e.g. synthetic ones). ``log_every=N`` logs
-    every N-th step's loss.
+    every N-th step's loss; ``on_step(global_step, {'loss', 'epoch', 'batch'})`` is called
+    after every step (:func:`~jaxcnn.training.train_epoch`).
     ``steps_per_call=K`` runs K updates per compiled call (default: chosen per epoch length,
     :func:`~jaxcnn.training.train_epoch`; the same updates as one by one).
     Raises :class:`CheckpointError` and :class:`~jaxcnn.training.NonFiniteError`.
@@ -229,7 +253,9 @@ def train(config: TrainConfig, workdir: str | os.PathLike[str] | None = None, *,
             if main:
                 write_metrics(workdir, history)
 
-        def on_step(step: int, m: dict[str, float]) -> None:
+        def each_step(step: int, m: dict[str, float]) -> None:
+            if on_step is not None:
+                on_step(step, m)
             if log and log_every and step % log_every == 0:
                 log(f"step {step} (epoch {m['epoch']}, batch {m['batch']}/{steps_per_epoch}): "
                     f"loss {m['loss']:.4f}")
@@ -239,7 +265,7 @@ def train(config: TrainConfig, workdir: str | os.PathLike[str] | None = None, *,
             state, train_ds, test_ds, epochs=config.epochs, batch_size=config.batch_size,
             resize=config.resize, seed=config.seed, history=history,
             lr_of_epoch=lambda e: lrs[min(e, len(lrs) - 1)], on_epoch_end=on_epoch_end,
-            on_step=on_step, log=log, progress=progress, steps_per_call=steps_per_call,
+            on_step=each_step, log=log, progress=progress, steps_per_call=steps_per_call,
             precision=config.precision)
     finally:
         if ckpt is not None:

@@ -155,6 +155,38 @@ def train_scan(state: TrainState, images: jax.Array, labels: jax.Array, indices:
     return lax.scan(body, state, indices)
 
 
+@partial(jax.jit, static_argnames=("resize", "precision"), donate_argnums=(0,))
+def train_blocks(state: TrainState, images: jax.Array, labels: jax.Array, *,
+                 resize: int | None = None, precision: str = "float32"
+                 ) -> tuple[TrainState, dict[str, jax.Array]]:
+    """:func:`train_scan` on batches gathered already: uint8 ``images`` ``(K, B, 28, 28)``,
+    int32 ``labels`` ``(K, B)``; update ``k`` trains on ``images[k]`` (the multi-process path,
+    where each process reads its own rows, :func:`jaxcnn.distributed.put_local_blocks`).
+    Returns train_scan's ``(new_state, metrics)``."""
+
+    def body(state: TrainState, batch: tuple[jax.Array, jax.Array]
+             ) -> tuple[TrainState, dict[str, jax.Array]]:
+        return update(state, *batch, resize, precision)
+
+    return lax.scan(body, state, (images, labels))
+
+
+@partial(jax.jit, static_argnames=("apply_fn", "resize", "precision"))
+def count_correct_blocks(variables: Any, images: jax.Array, labels: jax.Array, valid: jax.Array,
+                         *, apply_fn: Callable[..., Any], resize: int | None = None,
+                         precision: str = "float32") -> jax.Array:
+    """:func:`count_correct_scan` on gathered blocks: ``images`` uint8 ``(K, B, 28, 28)``,
+    ``labels``/``valid`` ``(K, B)``; int32 scalar."""
+
+    def body(total: jax.Array, block: tuple[jax.Array, ...]) -> tuple[jax.Array, None]:
+        x, y, ok = block
+        logits = apply_fn(variables, inputs(x, resize, precision), train=False)
+        return total + jnp.sum((jnp.argmax(logits, axis=1) == y) & ok, dtype=jnp.int32), None
+
+    total, _ = lax.scan(body, jnp.zeros((), jnp.int32), (images, labels, valid))
+    return total
+
+
 def auto_steps_per_call(full_batches: int, target: int = 64) -> int:
     """How many updates :func:`train_scan` runs per call by default: all full batches of an
     epoch when there are at most ``target``, else the largest divisor of their number that is
