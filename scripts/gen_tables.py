@@ -9,6 +9,8 @@ reports the blocks that differ (``tests/test_docs_tables.py`` runs it). Tables:
   epoch and the largest per-epoch mean-loss difference.
 - ``e2e``: ``docs/bench/e2e-cpu.json`` (``jaxcnn bench --e2e --json``), rendered by the bench's
   own ``torch_ref.crosscheck.e2e.format_e2e``.
+- ``scaling_cpu``: ``docs/bench/scaling-cpu.json`` (``python scripts/scaling_cpu.py``): lenet_bn
+  on 1, 2, 4, 8 CPU virtual devices, the last epoch's line and the warm training images/s.
 """
 
 from __future__ import annotations
@@ -49,8 +51,20 @@ def e2e_table(root: Path = ROOT) -> str:
     return format_e2e(report) + "\n"
 
 
-TABLES = {"compare": compare_table, "e2e": e2e_table}
-FILES = ("README.md", "docs/compare.md", "docs/bench.md")
+def scaling_cpu_table(root: Path = ROOT) -> str:
+    d = json.loads((root / "docs" / "bench" / "scaling-cpu.json").read_text())
+    rows = [f"| devices | epoch {d['epochs']} (loss, train acc, test acc) | warm epoch time "
+            f"| training images/s | load average |", "|---:|---|---:|---:|---:|"]
+    for r in d["runs"]:
+        e = r["epochs"][-1]
+        rows.append(f"| {r['devices']} | {e['loss']:.4f}, {e['train_acc']:.3f}, "
+                    f"{e['test_acc']:.3f} | {r['epoch_time_s']:.2f} s | "
+                    f"{r['train_images_per_sec']:,} | {r['load_average']:.1f} |")
+    return "\n".join(rows) + "\n"
+
+
+TABLES = {"compare": compare_table, "e2e": e2e_table, "scaling_cpu": scaling_cpu_table}
+FILES = ("README.md", "docs/compare.md", "docs/bench.md", "docs/scaling.md")
 
 
 def render(text: str, root: Path = ROOT) -> str:

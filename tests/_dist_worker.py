@@ -7,7 +7,9 @@ and every parameter and BatchNorm buffer after the run (``params/...``, ``batch_
 ``--checkpoint PRESET``: that preset's run also checkpoints every epoch into ``OUT/ckpt-PRESET``
 (then ``OUT/ckpt-PRESET.done`` appears). ``--resume-from DIR``: after the presets, wait for
 ``DIR.done``, copy ``DIR`` without its last checkpoint and resume it on this worker's devices
-(``resume-PRESET.npz``: epoch 1 trained where ``DIR`` was made, epoch 2 here).
+(``resume-PRESET.npz``: epoch 1 trained where ``DIR`` was made, epoch 2 here). In a
+multi-process run every process writes ``reads-<process id>.json``: the training and test
+rows it read.
 
     python tests/_dist_worker.py OUT_DIR --devices N --presets lenet,lenet_bn [--coordinator
         127.0.0.1:PORT --num-processes 2 --process-id I] [--checkpoint P] [--resume-from DIR]
@@ -16,6 +18,7 @@ and every parameter and BatchNorm buffer after the run (``params/...``, ``batch_
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import time
@@ -117,6 +120,17 @@ def main(argv: list[str]) -> int:
     distributed.use_devices(args.devices)
     args.out.mkdir(parents=True, exist_ok=True)
     main_process = distributed.is_main_process()
+    reads = {"train": 0, "test": 0}
+    if distributed.is_multi_process():  # count the rows this process reads
+        put = distributed.put_local_blocks
+
+        def counting(images: Any, labels: Any, block: Any, valid: Any = None) -> Any:
+            k, b = np.shape(block)
+            rows = distributed.local_rows(distributed.batch_sharding((k, b), axis=1), (k, b))
+            reads["train" if valid is None else "test"] += k * (rows.stop - rows.start)
+            return put(images, labels, block, valid)
+
+        distributed.put_local_blocks = counting
     for preset in args.presets.split(","):
         workdir = args.out / f"ckpt-{preset}" if preset == args.checkpoint else None
         arrays = _run(preset, workdir)
@@ -124,6 +138,8 @@ def main(argv: list[str]) -> int:
             np.savez(args.out / f"{preset}.npz", **arrays)
         if workdir is not None:
             workdir.with_name(workdir.name + ".done").touch()
+    if distributed.is_multi_process():
+        (args.out / f"reads-{args.process_id}.json").write_text(json.dumps(reads))
     if args.resume_from is not None:
         arrays = _resume(args.resume_from, args.out)
         np.savez(args.out / f"resume-{args.resume_from.name.removeprefix('ckpt-')}.npz",
