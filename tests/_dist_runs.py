@@ -1,12 +1,13 @@
 """The data-parallel runs that the distributed tests share (``tests/test_distributed.py`` and
 ``parity_tests/test_distributed_torch.py``): started once per session, all at once, by the
-``dist_runs`` fixture of the root ``conftest.py``; each run is a process (or two) of
-``tests/_dist_worker.py`` on CPU virtual devices (the device count is fixed when JAX starts).
+``dist_runs`` fixture of the root ``conftest.py``; four processes of ``tests/_dist_worker.py``
+on CPU virtual devices (the device count is fixed when JAX starts), each running several
+stages (device counts) so that they share start-up and compiled programs.
 
-Every run trains its presets on the same synthetic data (326 training images: 5 batches of 64
-and a partial one of 6, sharded on 2 devices, replicated on 4 and 8), 2 epochs, 12 Adam steps;
-resnet18 (18 layers, 96x96 inputs, narrow stages) 3 steps on 70 images. The 4-device run
-checkpoints lenet_bn; the 1- and 2-device runs then resume it from epoch 1.
+Every run trains on the same synthetic data (326 training images: 5 batches of 64 and a
+partial one of 6, sharded on 2 devices, replicated on 4 and 8), 2 epochs, 12 Adam steps;
+resnet18 (18 layers, 96x96 inputs, narrow stages) 3 steps on 96 images. lenet_bn is
+checkpointed on 4 devices and resumed from epoch 1 on 1 and on 2 devices.
 """
 
 from __future__ import annotations
@@ -21,14 +22,23 @@ from pathlib import Path
 
 WORKER = Path(__file__).with_name("_dist_worker.py")
 ROOT = WORKER.parent.parent
-#: name -> (devices per process, processes, presets, extra worker arguments)
-RUNS: dict[str, tuple[int, int, str, tuple[str, ...]]] = {
-    "1": (1, 1, "lenet,lenet_bn,lenet_bn_scratch,resnet18", ("--resume-from", "4/ckpt-lenet_bn")),
-    "2": (2, 1, "lenet,lenet_bn_scratch", ("--resume-from", "4/ckpt-lenet_bn")),
-    "4": (4, 1, "lenet_bn,resnet18", ("--checkpoint", "lenet_bn")),
-    "8": (8, 1, "lenet_bn", ()),
-    "2x2": (2, 2, "lenet_bn", ()),
+#: output directory -> (devices, processes, presets): what the tests compare.
+RUNS: dict[str, tuple[int, int, str]] = {
+    "1": (1, 1, "lenet,lenet_bn,lenet_bn_scratch,resnet18"),
+    "2": (2, 1, "lenet,lenet_bn_scratch"),
+    "4": (4, 1, "lenet_bn,resnet18"),
+    "8": (8, 1, "lenet_bn"),
+    "2x2": (2, 2, "lenet_bn"),
 }
+#: the worker processes: (JAX_NUM_CPU_DEVICES, processes, worker arguments); ``{out}`` is the
+#: output directory. The 4-device checkpoint comes first: the first process resumes it.
+PROCESSES: list[tuple[int, int, list[str]]] = [
+    (2, 1, ["--stage", "1:lenet,lenet_bn,lenet_bn_scratch", "--stage", "2:lenet,lenet_bn_scratch",
+            "--resume-from", "{out}/4/ckpt-lenet_bn", "--resume-on", "1,2"]),
+    (8, 1, ["--stage", "4:lenet_bn", "--checkpoint", "4:lenet_bn", "--stage", "1:resnet18",
+            "--stage", "4:resnet18", "--stage", "8:lenet_bn"]),
+    (2, 2, ["--stage", "2x2:lenet_bn"]),
+]
 
 
 def env(devices: int) -> dict[str, str]:
@@ -51,34 +61,33 @@ def default_sigint() -> None:
 
 
 def run_all(out: Path, timeout: float = 900) -> Path:
-    """Start every run of :data:`RUNS` together and wait (a failing run stops the others);
-    their files under ``out/<run>/``. Raises ``AssertionError`` with the output of the runs
-    that failed."""
+    """Start every process of :data:`PROCESSES` together and wait (a failing one stops the
+    others); their files under ``out/<run>/``. Raises ``AssertionError`` with the output of
+    the processes that failed."""
     procs = []
-    for run, (devices, processes, presets, extra) in RUNS.items():
+    for i, (devices, processes, args) in enumerate(PROCESSES):
         port = free_port()
-        args = [str(out / a) if a[:2] in ("1/", "2/", "4/", "8/") else a for a in extra]
+        args = [a.format(out=out) for a in args]
         for pid in range(processes):
             where = (["--coordinator", f"127.0.0.1:{port}", "--num-processes", str(processes),
-                      "--process-id", str(pid)] if processes > 1 else ["--devices", str(devices)])
-            log = out / f"{run}-{pid}.log"
+                      "--process-id", str(pid)] if processes > 1 else [])
+            log = out / f"worker{i}-{pid}.log"
             with open(log, "w") as f:
-                procs.append((run, log, subprocess.Popen(
-                    [sys.executable, str(WORKER), str(out / run), "--presets", presets, *where,
-                     *args], env=env(devices), stdout=f, stderr=subprocess.STDOUT, text=True,
-                    preexec_fn=default_sigint)))
+                procs.append((log, subprocess.Popen(
+                    [sys.executable, str(WORKER), str(out), *args, *where], env=env(devices),
+                    stdout=f, stderr=subprocess.STDOUT, text=True, preexec_fn=default_sigint)))
     deadline = time.monotonic() + timeout
     try:
-        while any(p.poll() is None for *_, p in procs):
-            if any(p.returncode for *_, p in procs) or time.monotonic() > deadline:
+        while any(p.poll() is None for _, p in procs):
+            if any(p.returncode for _, p in procs) or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
     finally:
-        for *_, p in procs:
+        for _, p in procs:
             if p.poll() is None:
                 p.kill()
                 p.wait()
-    failed = [f"run {run} exited {p.returncode}:\n{log.read_text()[-3000:]}"
-              for run, log, p in procs if p.returncode]
+    failed = [f"{log.name} exited {p.returncode}:\n{log.read_text()[-3000:]}"
+              for log, p in procs if p.returncode]
     assert not failed, "\n".join(failed)
     return out

@@ -1,18 +1,21 @@
 """Worker of the distributed tests (run as a subprocess: the device count is fixed when JAX
-starts). Trains each given preset on small synthetic data with :func:`jaxcnn.training.train`
-on ``--devices N`` (optionally as one of several processes) and writes, for process 0, an
-``.npz`` per preset: per-epoch ``loss``/``train_acc``/``test_acc``, per-step ``step_loss``,
-and every parameter and BatchNorm buffer after the run (``params/...``, ``batch_stats/...``).
+starts). Trains presets on small synthetic data with :func:`jaxcnn.training.train`, stage by
+stage (``--stage NAME:PRESETS``: on ``NAME`` devices when it is a number, else on all, e.g.
+as one of several processes), and writes, for process 0, ``OUT/NAME/PRESET.npz``: per-epoch
+``loss``/``train_acc``/``test_acc``, per-step ``step_loss``, and every parameter and BatchNorm
+buffer after the run (``params/...``, ``batch_stats/...``). Stages of one process share their
+compiled programs where they can (the init, and everything of equal device counts).
 
-``--checkpoint PRESET``: that preset's run also checkpoints every epoch into ``OUT/ckpt-PRESET``
-(then ``OUT/ckpt-PRESET.done`` appears). ``--resume-from DIR``: after the presets, wait for
-``DIR.done``, copy ``DIR`` without its last checkpoint and resume it on this worker's devices
-(``resume-PRESET.npz``: epoch 1 trained where ``DIR`` was made, epoch 2 here). In a
-multi-process run every process writes ``reads-<process id>.json``: the training and test
-rows it read.
+``--checkpoint NAME:PRESET``: that run also checkpoints every epoch into
+``OUT/NAME/ckpt-PRESET`` (then ``ckpt-PRESET.done`` appears next to it). ``--resume-from DIR
+--resume-on 1,2``: after the stages, wait for ``DIR.done``, then for each device count copy
+``DIR`` without its last checkpoint and resume it there (``OUT/<count>/resume-PRESET.npz``:
+epoch 1 trained where ``DIR`` was made, epoch 2 here). In a multi-process run every process
+writes ``OUT/NAME/reads-<process id>.json``: the training and test rows it read.
 
-    python tests/_dist_worker.py OUT_DIR --devices N --presets lenet,lenet_bn [--coordinator
-        127.0.0.1:PORT --num-processes 2 --process-id I] [--checkpoint P] [--resume-from DIR]
+    python tests/_dist_worker.py OUT --stage 1:lenet,lenet_bn --stage 4:lenet_bn [--coordinator
+        127.0.0.1:PORT --num-processes 2 --process-id I] [--checkpoint 4:lenet_bn]
+        [--resume-from DIR --resume-on 1,2]
 """
 
 from __future__ import annotations
@@ -30,10 +33,10 @@ import numpy as np
 #: 5 full batches of 64 and a partial one of 6 (not divisible by 4 or 8: run replicated).
 N_TRAIN, N_TEST, BATCH, EPOCHS = 326, 100, 64, 2
 #: preset -> (config overrides, training images). ResNet-18 (a 96-px model) keeps its 18
-#: layers and its 96x96 input, with narrow stages, on 70 images: 2 batches of 32 and one of 6.
+#: layers and its 96x96 input, with narrow stages, on 96 images: 3 steps of 32.
 OVERRIDES: dict[str, tuple[dict[str, Any], int]] = {
     "resnet18": ({"model_config": {"channels": (8, 16, 32, 64)}, "batch_size": 32,
-                  "epochs": 1}, 70),
+                  "epochs": 1}, 96),
 }
 
 
@@ -102,13 +105,28 @@ def _resume(source: Path, out: Path, wait_s: float = 600) -> dict[str, Any]:
     return _run(preset, target, resume=True)
 
 
+def _counting_reads(reads: dict[str, int]) -> None:
+    """Count the rows this process reads (train/test) in ``reads``."""
+    from jaxcnn import distributed
+
+    put = distributed.put_local_blocks
+
+    def counting(images: Any, labels: Any, block: Any, valid: Any = None) -> Any:
+        k, b = np.shape(block)
+        rows = distributed.local_rows(distributed.batch_sharding((k, b), axis=1), (k, b))
+        reads["train" if valid is None else "test"] += k * (rows.stop - rows.start)
+        return put(images, labels, block, valid)
+
+    distributed.put_local_blocks = counting
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("out", type=Path)
-    p.add_argument("--devices", type=int, default=None)
-    p.add_argument("--presets", default="lenet,lenet_bn,lenet_bn_scratch")
-    p.add_argument("--checkpoint", default=None)
+    p.add_argument("--stage", action="append", default=[])
+    p.add_argument("--checkpoint", default="")
     p.add_argument("--resume-from", type=Path, default=None)
+    p.add_argument("--resume-on", default="")
     p.add_argument("--coordinator")
     p.add_argument("--num-processes", type=int)
     p.add_argument("--process-id", type=int)
@@ -117,33 +135,30 @@ def main(argv: list[str]) -> int:
     from jaxcnn import distributed
 
     distributed.initialize(args.coordinator, args.num_processes, args.process_id, timeout=60)
-    distributed.use_devices(args.devices)
-    args.out.mkdir(parents=True, exist_ok=True)
     main_process = distributed.is_main_process()
-    reads = {"train": 0, "test": 0}
-    if distributed.is_multi_process():  # count the rows this process reads
-        put = distributed.put_local_blocks
-
-        def counting(images: Any, labels: Any, block: Any, valid: Any = None) -> Any:
-            k, b = np.shape(block)
-            rows = distributed.local_rows(distributed.batch_sharding((k, b), axis=1), (k, b))
-            reads["train" if valid is None else "test"] += k * (rows.stop - rows.start)
-            return put(images, labels, block, valid)
-
-        distributed.put_local_blocks = counting
-    for preset in args.presets.split(","):
-        workdir = args.out / f"ckpt-{preset}" if preset == args.checkpoint else None
-        arrays = _run(preset, workdir)
-        if main_process:
-            np.savez(args.out / f"{preset}.npz", **arrays)
-        if workdir is not None:
-            workdir.with_name(workdir.name + ".done").touch()
-    if distributed.is_multi_process():
-        (args.out / f"reads-{args.process_id}.json").write_text(json.dumps(reads))
-    if args.resume_from is not None:
-        arrays = _resume(args.resume_from, args.out)
-        np.savez(args.out / f"resume-{args.resume_from.name.removeprefix('ckpt-')}.npz",
-                 **arrays)
+    for stage in args.stage:
+        name, presets = stage.split(":")
+        distributed.use_devices(int(name) if name.isdigit() else None)
+        out = args.out / name
+        out.mkdir(parents=True, exist_ok=True)
+        reads = {"train": 0, "test": 0}
+        if distributed.is_multi_process():
+            _counting_reads(reads)
+        for preset in presets.split(","):
+            workdir = out / f"ckpt-{preset}" if f"{name}:{preset}" == args.checkpoint else None
+            arrays = _run(preset, workdir)
+            if main_process:
+                np.savez(out / f"{preset}.npz", **arrays)
+            if workdir is not None:
+                workdir.with_name(workdir.name + ".done").touch()
+        if distributed.is_multi_process():
+            (out / f"reads-{args.process_id}.json").write_text(json.dumps(reads))
+    for n in filter(None, args.resume_on.split(",")):
+        distributed.use_devices(int(n))
+        out = args.out / n
+        out.mkdir(parents=True, exist_ok=True)
+        arrays = _resume(args.resume_from, out)
+        np.savez(out / f"resume-{args.resume_from.name.removeprefix('ckpt-')}.npz", **arrays)
     return 0
 
 

@@ -12,7 +12,11 @@ Tolerance (float32 reduction order: the sums over the batch are split over devic
     gradient is exactly zero in exact arithmetic (BatchNorm removes the mean), so in float32
     it is rounding noise that Adam turns into steps of up to ``lr`` each: those are bounded by
     ``2 * lr * steps`` (0.024). They do not change the function the network computes in train
-    mode (the losses above agree to 1e-6).
+    mode (the losses above agree to 1e-6);
+  * resnet18 only: at most 0.1 % of the weights' elements (measured 0.011 %) may leave that
+    bound, all within ``2 * lr * steps``: in a deep ReLU/max-pool network the float32
+    reduction order flips a rare ReLU or max-pool decision, which changes a few tiny gradients
+    that Adam turns into steps of up to ``lr`` (as issue 13's optimizer parity found).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from ._dist_runs import RUNS, default_sigint, env, free_port
 
 JAXCNN = [sys.executable, "-m", "jaxcnn"]
 LR = 0.001
-CASES = [(run, preset) for run, (_, _, presets, _) in RUNS.items() if run != "1"
+CASES = [(run, preset) for run, (_, _, presets) in RUNS.items() if run != "1"
          for preset in presets.split(",")]
 
 
@@ -52,9 +56,11 @@ def pre_bn(names: list[str]) -> set[str]:
 
 
 def assert_same_training(many: np.lib.npyio.NpzFile, one: np.lib.npyio.NpzFile, steps: int,
-                         n_train: int, last_steps: int | None = None) -> None:
+                         n_train: int, last_steps: int | None = None, flips: float = 0.0
+                         ) -> None:
     """The tolerance of the module docstring; ``last_steps``: compare only the last per-step
-    losses of ``one`` (a resumed run records only its own steps)."""
+    losses of ``one`` (a resumed run records only its own steps); ``flips``: the fraction of
+    the (not noisy) elements that may exceed ``5e-5 + 1e-4 |w|`` (within ``2 * lr * steps``)."""
     ref = one["step_loss"] if last_steps is None else one["step_loss"][-last_steps:]
     np.testing.assert_allclose(many["step_loss"], ref, rtol=0, atol=1e-5)
     np.testing.assert_allclose(many["loss"], one["loss"], rtol=0, atol=1e-5)
@@ -64,22 +70,29 @@ def assert_same_training(many: np.lib.npyio.NpzFile, one: np.lib.npyio.NpzFile, 
     assert set(leaves) == {k for k in many.files if k.startswith(("params/", "batch_stats/"))}
     noisy = pre_bn(leaves)
     assert noisy or not any(k.startswith("batch_stats/") for k in leaves)
+    outside, total = 0, 0
     for k in leaves:
-        if k in noisy:
-            np.testing.assert_allclose(many[k], one[k], rtol=0, atol=2 * LR * steps, err_msg=k)
-        else:
-            np.testing.assert_allclose(many[k], one[k], rtol=1e-4, atol=5e-5, err_msg=k)
+        np.testing.assert_allclose(many[k], one[k], rtol=0, atol=2 * LR * steps, err_msg=k)
+        if k not in noisy:
+            bad = np.abs(many[k] - one[k]) > 5e-5 + 1e-4 * np.abs(one[k])
+            outside, total = outside + int(bad.sum()), total + bad.size
+            if not flips:
+                np.testing.assert_allclose(many[k], one[k], rtol=1e-4, atol=5e-5, err_msg=k)
+    assert outside <= flips * total, f"{outside} of {total} elements outside 5e-5 + 1e-4 |w|"
 
 
 @pytest.mark.parametrize(("run", "preset"), CASES, ids=[f"{r}-{p}" for r, p in CASES])
 def test_devices_train_like_one_device(dist_runs, run, preset):
     one, many = (np.load(dist_runs / r / f"{preset}.npz") for r in ("1", run))
-    devices, processes, _, _ = RUNS[run]
+    devices, processes, _ = RUNS[run]
     assert int(many["devices"]) == devices * processes and int(one["devices"]) == 1
     steps = int(one["step"])
     assert int(many["step"]) == steps == len(one["step_loss"]) == (3 if preset == "resnet18"
                                                                    else 12)
-    assert_same_training(many, one, steps, 70 if preset == "resnet18" else 326)
+    if preset == "resnet18":
+        assert_same_training(many, one, steps, 96, flips=1e-3)
+    else:
+        assert_same_training(many, one, steps, 326)
 
 
 def test_pre_bn_rule_finds_the_biases_in_front_of_batchnorm(dist_runs):
