@@ -146,7 +146,10 @@ def main(argv: list[str]) -> int:
             _counting_reads(reads)
         for preset in presets.split(","):
             workdir = out / f"ckpt-{preset}" if f"{name}:{preset}" == args.checkpoint else None
+            wall, cpu = time.perf_counter(), time.process_time()
             arrays = _run(preset, workdir)
+            print(f"{name}: {preset} {time.perf_counter() - wall:.1f} s, "
+                  f"{time.process_time() - cpu:.1f} s CPU", flush=True)
             if main_process:
                 np.savez(out / f"{preset}.npz", **arrays)
             if workdir is not None:

@@ -3,7 +3,7 @@
 The runs (``tests/_dist_runs.py``, shared with ``parity_tests/test_distributed_torch.py``
 through the session fixture ``dist_runs``): 1, 2, 4, 8 devices and 2 processes x 2 devices;
 lenet, lenet_bn (both BatchNorm kinds) for 12 Adam steps, resnet18 (96x96, narrow) for 3; a
-lenet_bn run checkpointed on 4 devices and resumed on 1 and on 2.
+lenet_bn_scratch run checkpointed on 4 devices and resumed on 1 and on 2.
 
 Tolerance (float32 reduction order: the sums over the batch are split over devices):
   * per-step and per-epoch loss within 1e-5, train/test accuracy within 2 examples;
@@ -109,11 +109,11 @@ def test_pre_bn_rule_finds_the_biases_in_front_of_batchnorm(dist_runs):
 
 @pytest.mark.parametrize("run", ["1", "2"])
 def test_checkpoint_of_4_devices_resumes_on_fewer(dist_runs, run):
-    """lenet_bn checkpointed after epoch 1 on 4 devices, resumed for epoch 2 on 1 and on 2
-    devices, trains like the uninterrupted 1-device run."""
-    resumed = np.load(dist_runs / run / "resume-lenet_bn.npz")
-    one = np.load(dist_runs / "1" / "lenet_bn.npz")
-    four = np.load(dist_runs / "4" / "lenet_bn.npz")
+    """lenet_bn_scratch checkpointed after epoch 1 on 4 devices, resumed for epoch 2 on 1 and
+    on 2 devices, trains like the uninterrupted 1-device run."""
+    resumed = np.load(dist_runs / run / "resume-lenet_bn_scratch.npz")
+    one = np.load(dist_runs / "1" / "lenet_bn_scratch.npz")
+    four = np.load(dist_runs / "4" / "lenet_bn_scratch.npz")
     assert int(resumed["devices"]) == RUNS[run][0] and int(resumed["step"]) == 12
     assert len(resumed["step_loss"]) == 6  # epoch 2 only, trained here
     assert resumed["loss"][0] == four["loss"][0]  # epoch 1 is the 4-device one's record

@@ -15,6 +15,7 @@ spec.loader.exec_module(gen_tables)
 
 def test_docs_tables_match_the_json() -> None:
     assert "<!-- table:compare -->" in (ROOT / "README.md").read_text()
+    assert "<!-- table:scaling_cpu -->" in (ROOT / "docs" / "scaling.md").read_text()
     assert gen_tables.stale() == []
 
 
@@ -27,3 +28,8 @@ def test_a_changed_json_number_makes_the_table_stale(tmp_path: Path) -> None:
     d["epochs"][-1]["jaxcnn"]["test_acc"] = 0.8493  # README's old, stale number
     path.write_text(json.dumps(d))
     assert "README.md" in gen_tables.stale(tmp_path)
+    path = tmp_path / "docs" / "bench" / "scaling-cpu.json"
+    d = json.loads(path.read_text())
+    d["runs"][0]["train_images_per_sec"] += 1
+    path.write_text(json.dumps(d))
+    assert "docs/scaling.md" in gen_tables.stale(tmp_path)
