@@ -27,3 +27,16 @@ def test_a_changed_json_number_makes_the_table_stale(tmp_path: Path) -> None:
     d["epochs"][-1]["jaxcnn"]["test_acc"] = 0.8493  # README's old, stale number
     path.write_text(json.dumps(d))
     assert "README.md" in gen_tables.stale(tmp_path)
+
+
+def test_bench_tables_come_from_the_bench_json(tmp_path: Path) -> None:
+    text = (ROOT / "docs" / "bench.md").read_text()
+    for name in ("bench-train", "bench-infer", "bench-epoch", "e2e"):
+        assert f"<!-- table:{name} -->" in text, name
+    shutil.copytree(ROOT / "docs", tmp_path / "docs")
+    path = tmp_path / "docs" / "bench" / "cpu-28px.json"
+    d = json.loads(path.read_text())
+    row = next(r for r in d["rows"] if r["framework"] == "torch eager")
+    row["train_images_per_s"] *= 2
+    path.write_text(json.dumps(d))
+    assert gen_tables.stale(tmp_path) == ["docs/bench.md"]
