@@ -93,6 +93,7 @@ CONV_CASES = [
              True),
     ConvCase("col2im_rect", (2, 11, 9, 3), (3, 2, 3, 5), (1, 1), (1, 0), False, True, True),
     ConvCase("col2im_big_pad", (2, 5, 6, 2), (3, 3, 2, 4), (1, 1), (3, 2), False, True, True),
+    ConvCase("one_by_one", (2, 6, 5, 8), (1, 1, 8, 4), (1, 1), (0, 0), False, True, False),
     ConvCase("too_wide_for_col2im", (2, 6, 6, 32), (3, 3, 32, 4), (1, 1), (1, 1), False, True,
              False),
     ConvCase("patches_rect", (2, 11, 9, 3), (3, 2, 3, 5), (2, 1), (1, 0), False, True, False),

@@ -111,9 +111,11 @@ def use_col2im(g_shape: tuple[int, ...], kernel_shape: tuple[int, ...], stride: 
     Measured on a 2-core CPU (float32, whole LeNet training steps): 13-15% faster steps for
     LeNet and LeNet-BN, whose second layer (5x5, 6 -> 16 channels) XLA's convolution computes
     over a fully padded output gradient (twice the forward's multiply-adds) with 6 output
-    channels. Only narrow stride-1 layers (wider ones build large matrices)."""
+    channels; the same speed for VGG-11's (ratio 8) 3x3 16 -> 32 layer. Only narrow stride-1
+    layers (wider ones build large matrices), and not 1x1 ones (XLA's convolution is already
+    a matrix product there: NiN's 256-channel 1x1 layers measured slower as col2im)."""
     kh, kw, cin, _ = kernel_shape
-    return (tuple(stride) == (1, 1) and kh * kw * cin <= COL2IM_WIDTH
+    return (tuple(stride) == (1, 1) and kh * kw > 1 and kh * kw * cin <= COL2IM_WIDTH
             and patches_bytes(g_shape, (kh, kw), cin, dtype) <= PATCHES_LIMIT)
 
 
