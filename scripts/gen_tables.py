@@ -9,6 +9,9 @@ reports the blocks that differ (``tests/test_docs_tables.py`` runs it). Tables:
   epoch and the largest per-epoch mean-loss difference.
 - ``e2e``: ``docs/bench/e2e-cpu.json`` (``jaxcnn bench --e2e --json``), rendered by the bench's
   own ``torch_ref.crosscheck.e2e.format_e2e``.
+- ``bench-train``, ``bench-infer``, ``bench-epoch``: the rows of ``docs/bench/cpu-*.json``
+  (``jaxcnn bench --json``; 28-px file first): training and inference images/s per framework
+  with jaxcnn's best row over torch eager / torch.compile, and the one-epoch times.
 - ``scaling_cpu``: ``docs/bench/scaling-cpu.json`` (``python scripts/scaling_cpu.py``): lenet_bn
   on 1, 2, 4, 8 CPU virtual devices, the last epoch's line and the warm training images/s.
 """
@@ -51,6 +54,72 @@ def e2e_table(root: Path = ROOT) -> str:
     return format_e2e(report) + "\n"
 
 
+BENCH_FILES = ("cpu-28px.json", "cpu-224px.json")
+FRAMEWORKS = ("jaxcnn", "jaxcnn scan", "torch eager", "torch.compile")
+
+
+def _bench_reports(root: Path) -> list[dict]:
+    return [json.loads((root / "docs" / "bench" / name).read_text()) for name in BENCH_FILES
+            if (root / "docs" / "bench" / name).exists()]
+
+
+def _rate(v: float | None) -> str:
+    if v is None:
+        return "-"
+    return f"{v:,.0f}" if v >= 100 else f"{v:.1f}"
+
+
+def _ratio(best: float | None, other: float | None) -> str:
+    return f"{best / other:.2f}" if best and other else "-"
+
+
+def _bench_rows(root: Path, field: str) -> list[tuple[str, int, dict[str, float | None]]]:
+    """``(model label, batch, framework -> field)`` per model, in the files' order."""
+    out = []
+    for report in _bench_reports(root):
+        models: dict[str, tuple[int, dict[str, float | None]]] = {}
+        for row in report["rows"]:
+            _, values = models.setdefault(row["model"], (row["batch"], {}))
+            values[row["framework"]] = None if row.get("error") else row.get(field)
+        out += [(label, batch, values) for label, (batch, values) in models.items()]
+    return out
+
+
+def bench_train_table(root: Path = ROOT) -> str:
+    rows = ["| model | batch | " + " | ".join(FRAMEWORKS) + " | best / eager | best / compile |",
+            "| --- " * (len(FRAMEWORKS) + 4) + "|"]
+    for label, batch, v in _bench_rows(root, "train_images_per_s"):
+        best = max((x for k, x in v.items() if k.startswith("jaxcnn") and x), default=None)
+        rows.append(f"| {label} | {batch} | " + " | ".join(_rate(v.get(f)) for f in FRAMEWORKS)
+                    + f" | **{_ratio(best, v.get('torch eager'))}** | "
+                    f"{_ratio(best, v.get('torch.compile'))} |")
+    return "\n".join(rows) + "\n"
+
+
+def bench_infer_table(root: Path = ROOT) -> str:
+    rows = ["| model | " + " | ".join(FRAMEWORKS) + " | best / eager |",
+            "| --- " * (len(FRAMEWORKS) + 2) + "|"]
+    for label, _, v in _bench_rows(root, "infer_images_per_s"):
+        best = max((x for k, x in v.items() if k.startswith("jaxcnn") and x), default=None)
+        rows.append(f"| {label} | " + " | ".join(_rate(v.get(f)) for f in FRAMEWORKS)
+                    + f" | {_ratio(best, v.get('torch eager'))} |")
+    return "\n".join(rows) + "\n"
+
+
+def bench_epoch_table(root: Path = ROOT) -> str:
+    names = FRAMEWORKS[:3]
+    rows = ["| model | " + " | ".join(f"{f}: first / second epoch" for f in names) + " |",
+            "| --- " * (len(names) + 1) + "|"]
+    for report in _bench_reports(root):
+        epochs: dict[str, dict[str, str]] = {}
+        for e in report.get("epochs", []):
+            epochs.setdefault(e["model"], {})[e["framework"]] = (
+                f"{e['total_s']:.1f} / {e['warm_epoch_s']:.1f}")
+        rows += [f"| {m} | " + " | ".join(v.get(f, "-") for f in names) + " |"
+                 for m, v in epochs.items()]
+    return "\n".join(rows) + "\n"
+
+
 def scaling_cpu_table(root: Path = ROOT) -> str:
     d = json.loads((root / "docs" / "bench" / "scaling-cpu.json").read_text())
     rows = [f"| devices | epoch {d['epochs']} (loss, train acc, test acc) | warm epoch time "
@@ -63,7 +132,9 @@ def scaling_cpu_table(root: Path = ROOT) -> str:
     return "\n".join(rows) + "\n"
 
 
-TABLES = {"compare": compare_table, "e2e": e2e_table, "scaling_cpu": scaling_cpu_table}
+TABLES = {"compare": compare_table, "e2e": e2e_table, "bench-train": bench_train_table,
+          "bench-infer": bench_infer_table, "bench-epoch": bench_epoch_table,
+          "scaling_cpu": scaling_cpu_table}
 FILES = ("README.md", "docs/compare.md", "docs/bench.md", "docs/scaling.md")
 
 

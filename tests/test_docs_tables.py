@@ -33,3 +33,16 @@ def test_a_changed_json_number_makes_the_table_stale(tmp_path: Path) -> None:
     d["runs"][0]["train_images_per_sec"] += 1
     path.write_text(json.dumps(d))
     assert "docs/scaling.md" in gen_tables.stale(tmp_path)
+
+
+def test_bench_tables_come_from_the_bench_json(tmp_path: Path) -> None:
+    text = (ROOT / "docs" / "bench.md").read_text()
+    for name in ("bench-train", "bench-infer", "bench-epoch", "e2e"):
+        assert f"<!-- table:{name} -->" in text, name
+    shutil.copytree(ROOT / "docs", tmp_path / "docs")
+    path = tmp_path / "docs" / "bench" / "cpu-28px.json"
+    d = json.loads(path.read_text())
+    row = next(r for r in d["rows"] if r["framework"] == "torch eager")
+    row["train_images_per_s"] *= 2
+    path.write_text(json.dumps(d))
+    assert gen_tables.stale(tmp_path) == ["docs/bench.md"]

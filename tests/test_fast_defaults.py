@@ -178,3 +178,40 @@ def test_run_precompiles_every_program_it_uses(small_data, monkeypatch):
     result = train(config, datasets=small_data, log=None, progress=False)
     assert len(result.history) == 2
     assert compiled_later == []
+
+
+def test_init_program_gives_the_values_of_plain_init():
+    """The fresh state's one program in both branches of the switch (``auto``: compiled with
+    ``INIT_COMPILER_OPTIONS``; ``xla``: XLA's defaults, the same program as ``jax.jit(
+    model.init)``, whose values equal eager init): bit for bit the same parameters and
+    BatchNorm buffers, the key split and the optimizer's init as run one by one."""
+    from jaxcnn.models import build_model
+    from jaxcnn.ops import use_kernels
+    from jaxcnn.registry import make_config
+    from jaxcnn.training._state import INIT_COMPILER_OPTIONS, init_program
+
+    model = build_model(make_config("lenet_bn"))
+    tx = optax.adam(1e-3)
+    shape = (1, 28, 28, 1)
+    key = jax.random.PRNGKey(7)
+    _, dropout_key = jax.random.split(key)
+    states = {}
+    for mode in ("xla", "auto"):
+        with use_kernels(mode):
+            program = init_program(model, tx)
+            assert (mode == "auto") == isinstance(program, _programs.Tuned)
+            if mode == "auto":
+                assert dict(program.options) == INIT_COMPILER_OPTIONS
+            states[mode] = create_train_state(model, key, shape, tx)
+    plain, fast = states["xla"], states["auto"]
+    assert plain.batch_stats and jax.tree.structure(fast) == jax.tree.structure(plain)
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(fast), jax.tree.leaves(plain),
+                            strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b),
+                                      err_msg=jax.tree_util.keystr(path))
+    np.testing.assert_array_equal(np.asarray(fast.dropout_key), np.asarray(dropout_key))
+    assert int(fast.step) == 0
+    expected_opt = tx.init(fast.params)
+    assert jax.tree.structure(fast.opt_state) == jax.tree.structure(expected_opt)
+    for a, b in zip(jax.tree.leaves(fast.opt_state), jax.tree.leaves(expected_opt), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -77,27 +77,36 @@ class ConvCase:
     padding: tuple[int, int]
     shift: bool  # forward as a sum of shifted views
     patches: bool  # kernel gradient as an im2col product (else as a convolution)
+    col2im: bool  # input gradient as a matrix product and col2im (else as a convolution)
     limits: tuple[int, int] | None = None  # (PATCHES_LIMIT, PATCHES_LIMIT_WIDE) to force it
 
 
 CONV_CASES = [
-    ConvCase("shift_lenet", (2, 12, 11, 1), (5, 5, 1, 6), (1, 1), (2, 2), True, True),
-    ConvCase("shift_strided", (2, 13, 12, 1), (3, 3, 1, 4), (2, 2), (1, 1), True, True),
+    ConvCase("shift_lenet", (2, 12, 11, 1), (5, 5, 1, 6), (1, 1), (2, 2), True, True, True),
+    ConvCase("shift_strided", (2, 13, 12, 1), (3, 3, 1, 4), (2, 2), (1, 1), True, True, False),
     ConvCase("shift_kernel_conv", (2, 12, 11, 1), (5, 5, 1, 6), (1, 1), (2, 2), True, False,
-             (0, 0)),
-    ConvCase("one_channel_too_wide", (2, 9, 9, 1), (11, 11, 1, 9), (4, 4), (1, 1), False,
-             True),
-    ConvCase("patches", (2, 10, 9, 3), (3, 3, 3, 5), (1, 1), (1, 1), False, True),
-    ConvCase("patches_rect", (2, 11, 9, 3), (3, 2, 3, 5), (2, 1), (1, 0), False, True),
-    ConvCase("kernel_conv", (2, 10, 9, 3), (3, 3, 3, 5), (1, 1), (1, 1), False, False, (0, 0)),
-    ConvCase("kernel_conv_strided", (2, 13, 12, 3), (3, 3, 3, 5), (2, 2), (1, 1), False,
              False, (0, 0)),
-    ConvCase("kernel_conv_rect", (2, 11, 9, 3), (3, 2, 3, 5), (2, 1), (1, 0), False, False,
+    ConvCase("one_channel_too_wide", (2, 9, 9, 1), (11, 11, 1, 9), (4, 4), (1, 1), False,
+             True, False),
+    ConvCase("patches", (2, 10, 9, 3), (3, 3, 3, 5), (1, 1), (1, 1), False, True, True),
+    ConvCase("col2im_lenet2", (2, 14, 14, 6), (5, 5, 6, 16), (1, 1), (0, 0), False, True,
+             True),
+    ConvCase("col2im_rect", (2, 11, 9, 3), (3, 2, 3, 5), (1, 1), (1, 0), False, True, True),
+    ConvCase("col2im_big_pad", (2, 5, 6, 2), (3, 3, 2, 4), (1, 1), (3, 2), False, True, True),
+    ConvCase("one_by_one", (2, 6, 5, 8), (1, 1, 8, 4), (1, 1), (0, 0), False, True, False),
+    ConvCase("too_wide_for_col2im", (2, 6, 6, 32), (3, 3, 32, 4), (1, 1), (1, 1), False, True,
+             False),
+    ConvCase("patches_rect", (2, 11, 9, 3), (3, 2, 3, 5), (2, 1), (1, 0), False, True, False),
+    ConvCase("kernel_conv", (2, 10, 9, 3), (3, 3, 3, 5), (1, 1), (1, 1), False, False, False,
              (0, 0)),
-    ConvCase("wide_patches", (2, 8, 8, 4), (3, 3, 4, 64), (1, 1), (1, 1), False, True,
+    ConvCase("kernel_conv_strided", (2, 13, 12, 3), (3, 3, 3, 5), (2, 2), (1, 1), False,
+             False, False, (0, 0)),
+    ConvCase("kernel_conv_rect", (2, 11, 9, 3), (3, 2, 3, 5), (2, 1), (1, 0), False, False,
+             False, (0, 0)),
+    ConvCase("wide_patches", (2, 8, 8, 4), (3, 3, 4, 64), (1, 1), (1, 1), False, True, False,
              (0, 2**30)),
     ConvCase("wide_kernel_conv", (2, 8, 8, 4), (3, 3, 4, 64), (2, 2), (0, 0), False, False,
-             (0, 0)),
+             False, (0, 0)),
 ]
 
 
@@ -112,6 +121,7 @@ def test_conv2d_fast_matches_definition(case: ConvCase, dtype, monkeypatch) -> N
     out = (2, *((case.x[1 + a] + 2 * case.padding[a] - case.kernel[a]) // case.stride[a] + 1
                 for a in range(2)), cout)
     assert conv_ops.use_patches(case.x, out, case.kernel, dtype) == case.patches
+    assert conv_ops.use_col2im(out, case.kernel, case.stride, dtype) == case.col2im
     kx, kk = jax.random.split(jax.random.key(0))
     x = jax.random.normal(kx, case.x, jnp.float32).astype(dtype)
     kernel = (jax.random.normal(kk, case.kernel, jnp.float32) * 0.3).astype(dtype)

@@ -12,9 +12,10 @@ sharding (``jax.ShapeDtypeStruct(..., sharding=...)``), which is part of the cac
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -26,6 +27,22 @@ CACHE_SIZE = 64
 _lock = threading.Lock()
 _cache: OrderedDict[Hashable, Future] = OrderedDict()
 _pool: ThreadPoolExecutor | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Tuned:
+    """A jitted function compiled with XLA ``options`` (``compiler_options`` of
+    ``jax.stages.Lowered.compile``, e.g. ``{"xla_backend_optimization_level": 1}``); pass it
+    to :func:`precompile` and :func:`call` in place of the jitted function. The options are part
+    of the program's key here and in JAX's persistent cache."""
+
+    jitted: Any
+    options: tuple[tuple[str, Any], ...]
+
+    @classmethod
+    def of(cls, jitted: Any, options: Mapping[str, Any] | None) -> Any:
+        """``jitted`` itself when ``options`` is empty, else a :class:`Tuned`."""
+        return cls(jitted, tuple(sorted(options.items()))) if options else jitted
 
 
 def _placement(x: Any) -> Any:
@@ -47,6 +64,9 @@ def _spec(x: Any) -> Any:
 
 def _key(jitted: Callable[..., Any], args: tuple[Any, ...], static: dict[str, Any]) -> Hashable:
     leaves, treedef = jax.tree.flatten(args)
+    if isinstance(jitted, Tuned):
+        return (id(jitted.jitted), jitted.options, treedef, tuple(_spec(x) for x in leaves),
+                tuple(sorted(static.items())))
     return (id(jitted), treedef, tuple(_spec(x) for x in leaves),
             tuple(sorted(static.items())))
 
@@ -77,6 +97,9 @@ def _submit(jitted: Any, args: tuple[Any, ...], static: dict[str, Any],
         abstract = jax.tree.map(_abstract, args)
 
         def compile_() -> Any:
+            if isinstance(jitted, Tuned):
+                lowered = jitted.jitted.lower(*abstract, **static)
+                return lowered.compile(compiler_options=dict(jitted.options))
             return jitted.lower(*abstract, **static).compile()
 
         fut = _executor().submit(compile_) if background else Future()
@@ -92,9 +115,9 @@ def _submit(jitted: Any, args: tuple[Any, ...], static: dict[str, Any],
 
 
 def precompile(jitted: Any, *args: Any, **static: Any) -> None:
-    """Start compiling ``jitted`` for arguments shaped like ``args`` (arrays or
-    ``jax.ShapeDtypeStruct``s; ``static``: its static keyword arguments) in a background
-    thread; :func:`call` with such arguments then uses (or waits for) that program."""
+    """Start compiling ``jitted`` (or a :class:`Tuned` one) for arguments shaped like ``args``
+    (arrays or ``jax.ShapeDtypeStruct``s; ``static``: its static keyword arguments) in a
+    background thread; :func:`call` with such arguments then uses (or waits for) that program."""
     _submit(jitted, args, static, background=True)
 
 
