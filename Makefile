@@ -6,9 +6,11 @@ PY := .venv/bin/python
 setup:
 	./scripts/setup.sh
 
+# Tests spread over the CPUs by pytest-xdist, one test file per worker at a time (a file's
+# fixtures are built once); plain `.venv/bin/python -m pytest` runs them in one process.
 test: setup
 	$(PY) -m ruff check jaxcnn torch_ref parity_tests tests
-	$(PY) -m pytest
+	$(PY) -m pytest -n auto --dist loadfile
 
 lint: setup
 	$(PY) -m ruff check jaxcnn torch_ref parity_tests tests
