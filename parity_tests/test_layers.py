@@ -180,6 +180,29 @@ def test_dropout_with_given_mask_matches_torch(p) -> None:
     assert np.array_equal(np.asarray(d.apply({}, jnp.asarray(x), train=False)), x)
 
 
+@pytest.mark.parametrize("p", [0.2, 0.5, 0.7])
+@pytest.mark.parametrize("shape", [(64, 3, 5, 5), (64, 40)], ids=["NCHW", "NF"])
+def test_dropout_matches_real_nn_dropout(p: float, shape: tuple[int, ...]) -> None:
+    """Against torch's own ``nn.Dropout`` (its RNG, its scaling), not the mask-replay hook: on
+    a strictly positive input, the zeros of its output are its mask. jaxcnn's Dropout with that
+    mask, and ``torch_ref.fixed_dropout_masks`` replaying it, must both give nn.Dropout's output.
+    p != 0.5 tells ``1 / (1 - p)`` from ``1 / p``."""
+    import torch_ref
+
+    torch.manual_seed(0)
+    x = torch.rand(shape) + 0.5
+    drop = tnn.Sequential(tnn.Dropout(p)).train()
+    expected = drop(x).numpy()
+    mask = expected != 0.0
+    assert abs(mask.mean() - (1 - p)) < 0.05, "the recovered mask's keep rate"
+    got = L.Dropout(p).apply({"dropout_masks": {"mask": _nchw_to_nhwc(mask)}},
+                             jnp.asarray(_nchw_to_nhwc(x.numpy())), train=True)
+    assert_close(np.asarray(got), _nchw_to_nhwc(expected), f"Dropout(p={p}) vs nn.Dropout")
+    with torch_ref.fixed_dropout_masks(drop, {"0": mask}):
+        replayed = drop(x).numpy()
+    assert_close(replayed, expected, f"fixed_dropout_masks(p={p}) vs nn.Dropout")
+
+
 def test_dropout_draws_record_and_reuse_masks() -> None:
     d = L.Dropout(0.5)
     x = jnp.ones((1000,))

@@ -231,10 +231,22 @@ def test_train_step_bn_updates_stats_and_dropout_key(fashion):
     assert int(new.step) == 1 and int(metrics["count"]) == 32 and bool(metrics["finite"])
     assert int(new.batch_stats["1"]["num_batches_tracked"]) == 1
     assert not np.array_equal(np.asarray(new.dropout_key), key0)
-    # eval mode afterwards uses the running statistics: not the batch's own
-    logits_eval = model.apply({"params": new.params, "batch_stats": new.batch_stats},
-                              preprocess(x, None), train=False)
+    # eval mode afterwards uses the running statistics, not the batch's own: each sample's
+    # logits do not depend on the rest of the batch, they do depend on the running statistics,
+    # and they differ from the train-mode (batch statistics) logits
+    variables = {"params": new.params, "batch_stats": new.batch_stats}
+    xp = preprocess(x, None)
+    logits_eval = np.asarray(model.apply(variables, xp, train=False))
     assert logits_eval.shape == (32, 10) and np.all(np.isfinite(logits_eval))
+    alone = np.asarray(model.apply(variables, xp[:3], train=False))
+    np.testing.assert_allclose(alone, logits_eval[:3], rtol=1e-5, atol=1e-5)
+    logits_train, _ = model.apply(variables, xp, train=True, mutable=["batch_stats"])
+    assert np.max(np.abs(np.asarray(logits_train) - logits_eval)) > 1e-2
+    shifted = jax.tree_util.tree_map(lambda v: v + 0.5 if v.dtype != jnp.int32 else v,
+                                     new.batch_stats)
+    moved = np.asarray(model.apply({"params": new.params, "batch_stats": shifted}, xp,
+                                   train=False))
+    assert np.max(np.abs(moved - logits_eval)) > 1e-2
 
 
 def _cross_entropy(logits: np.ndarray, y: np.ndarray) -> np.ndarray:
