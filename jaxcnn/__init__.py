@@ -5,10 +5,19 @@ PyTorch models' structure, so their variables convert to and from torch state di
 (:mod:`jaxcnn.convert`). This package never imports torch.
 """
 
-from . import convert, inspect, layers, registry, testing, traversal
+from . import (
+    _startup,  # noqa: F401  (first: Ctrl-C while the CLI starts)
+    convert,
+    inspect,
+    layers,
+    registry,
+    testing,
+    traversal,
+)
 from ._layout import nchw_to_nhwc, nhwc_to_nchw
 from .convert import (
     StateDictError,
+    WeightsFileError,
     from_torch_state_dict,
     load_safetensors,
     save_safetensors,
@@ -33,6 +42,7 @@ __version__ = "0.1.0"
 __all__ = [
     "StateDictError",
     "Summary",
+    "WeightsFileError",
     "__version__",
     "buffers",
     "build_model",

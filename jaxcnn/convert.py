@@ -4,10 +4,16 @@ Names come from the module tree (:mod:`jaxcnn.traversal`) and each layer's
 :class:`~jaxcnn.layers.TorchVar` list, never from a per-model table. Conversion is strict like
 torch's ``load_state_dict``: one error lists every missing and unexpected key and every shape
 mismatch. Values may be numpy arrays or torch tensors (duck-typed; torch is never imported).
+
+Dtype policy of :func:`from_torch_state_dict`: every floating value (float16, bfloat16,
+float32, float64) becomes float32, the dtype jaxcnn's parameters and statistics have; integer
+buffers (``num_batches_tracked``) become int32 whatever dtype they came in (an integral float
+is accepted); anything else (bool, complex, a fractional count) is refused.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -32,11 +38,37 @@ class StateDictError(KeyError):
         return str(self.args[0])
 
 
+class WeightsFileError(ValueError):
+    """A weights file that is not a readable ``.safetensors`` file (empty, truncated, another
+    format); the message names it."""
+
+
 def to_numpy(value: Any) -> np.ndarray:
-    """A numpy array of ``value``: numpy/JAX arrays as they are, torch tensors detached to CPU."""
+    """A numpy array of ``value``: numpy/JAX arrays as they are, torch tensors detached to CPU
+    (bfloat16 ones as float32: numpy has no bfloat16)."""
     if hasattr(value, "detach") and hasattr(value, "cpu"):
-        value = value.detach().cpu().numpy()
+        value = value.detach().cpu()
+        if str(value.dtype) == "torch.bfloat16":
+            value = value.float()
+        value = value.numpy()
     return np.asarray(value)
+
+
+def _policy_dtype(key: str, value: np.ndarray, integer: bool) -> np.ndarray:
+    """The module docstring's dtype policy for one state-dict value."""
+    kind = value.dtype.kind
+    if integer:
+        if kind in "iu":
+            return value.astype(np.int32)
+        if kind == "f" or value.dtype.name == "bfloat16":
+            as_float = value.astype(np.float64)
+            if np.all(np.isfinite(as_float)) and np.all(as_float == np.round(as_float)):
+                return as_float.astype(np.int32)
+        raise TypeError(f"{key}: expected an integer count, got dtype {value.dtype} with "
+                        f"non-integral values")
+    if kind in "fiu" or value.dtype.name == "bfloat16":  # ml_dtypes' bfloat16 is kind 'V'
+        return value.astype(np.float32)
+    raise TypeError(f"{key}: expected a floating-point tensor, got dtype {value.dtype}")
 
 
 def _contiguous(a: np.ndarray) -> np.ndarray:
@@ -61,7 +93,9 @@ def from_torch_state_dict(model: nn.Module, state_dict: Mapping[str, Any]) -> di
 
     Conv weights OIHW become HWIO kernels, Linear weights ``(out, in)`` become ``(in, out)``
     kernels, BatchNorm ``weight``/``running_mean``/... become ``scale``/``mean``/...
-    Raises :class:`StateDictError` naming every missing, unexpected or mis-shaped key.
+    Dtypes follow the module's policy (floats to float32, counts to int32).
+    Raises :class:`StateDictError` naming every missing, unexpected or mis-shaped key, and
+    TypeError for a value of a dtype the policy refuses.
     """
     table = list(torch_variables(model))
     expected = {key for key, _, _ in table}
@@ -79,9 +113,8 @@ def from_torch_state_dict(model: nn.Module, state_dict: Mapping[str, Any]) -> di
 
     variables: dict[str, Any] = {}
     for key, path, var in table:
-        value = var.from_torch(to_numpy(state_dict[key]))
-        if np.issubdtype(value.dtype, np.integer):
-            value = value.astype(np.int32)
+        integer = var.torch_dtype is not None and np.dtype(var.torch_dtype).kind in "iu"
+        value = _policy_dtype(key, var.from_torch(to_numpy(state_dict[key])), integer)
         node = variables
         for part in path[:-1]:
             node = node.setdefault(part, {})
@@ -134,19 +167,32 @@ def dropout_masks_to_torch(model: nn.Module, masks: Mapping[str, Any]) -> dict[s
     return out
 
 
-def save_safetensors(path: str | os.PathLike[str], state_dict: Mapping[str, Any]) -> None:
+def _umask() -> int:
+    mask = os.umask(0o22)
+    os.umask(mask)
+    return mask
+
+
+def save_safetensors(path: str | os.PathLike[str], state_dict: Mapping[str, Any], *,
+                     make_dirs: bool = False) -> None:
     """Write a state dict (torch names) to ``.safetensors``, atomically: an existing file is
-    replaced only once the new one is complete."""
+    replaced only once the new one is complete. The file gets the user's umask (like
+    ``open()``); a missing parent directory is an error unless ``make_dirs``."""
     from safetensors.numpy import save_file
 
     path = os.fspath(path)
     arrays = {k: _contiguous(to_numpy(v)) for k, v in state_dict.items()}
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
+    if make_dirs:
+        os.makedirs(directory, exist_ok=True)
+    elif not os.path.isdir(directory):
+        raise FileNotFoundError(errno.ENOENT, "no such directory (create it first, or ask "
+                                "for it: --mkdir / make_dirs=True)", directory)
     fd, tmp = tempfile.mkstemp(dir=directory, suffix=".safetensors.tmp")
     os.close(fd)
     try:
         save_file(arrays, tmp, metadata={"format": "pt", "producer": "jaxcnn"})
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -154,10 +200,18 @@ def save_safetensors(path: str | os.PathLike[str], state_dict: Mapping[str, Any]
 
 
 def load_safetensors(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
-    """Read a ``.safetensors`` state dict as numpy arrays (no torch needed)."""
+    """Read a ``.safetensors`` state dict as numpy arrays (no torch needed). A missing file
+    raises FileNotFoundError; an empty, truncated or foreign file :class:`WeightsFileError`."""
     from safetensors.numpy import load_file
 
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no weights file at {path}")
-    return load_file(path)
+    size = os.path.getsize(path)
+    try:
+        return load_file(path)
+    except Exception as e:
+        what = "is empty" if size == 0 else f"is not a readable .safetensors file ({e})"
+        raise WeightsFileError(f"{path} {what}; it may be truncated or of another format "
+                               f"(write one with 'jaxcnn export' or "
+                               f"safetensors.torch.save_file)") from e

@@ -80,8 +80,32 @@ def spec_of_config(config: Any) -> ModelSpec:
     raise TypeError(f"no registered model takes a config of type {type(config).__name__}")
 
 
+def _positive_ints(value: Any) -> bool:
+    if isinstance(value, tuple | list):
+        return all(_positive_ints(v) for v in value)
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def validate_config(config: Any) -> Any:
+    """Check a model config: every field whose default is a whole number (``num_classes``,
+    ``in_channels``, ``ratio``, widths, ...) or a tuple of them (``conv_arch``, block counts)
+    must hold positive whole numbers. Returns ``config``; raises ValueError naming the field."""
+    name = spec_of_config(config).name
+    for field in dataclasses.fields(config):
+        default, value = field.default, getattr(config, field.name)
+        if default is dataclasses.MISSING or isinstance(default, bool):
+            continue
+        if (isinstance(default, int | tuple) and not isinstance(default, str)
+                and _positive_ints(default) and not _positive_ints(value)):
+            what = "a positive whole number" if isinstance(default, int) else \
+                "a tuple of positive whole numbers"
+            raise ValueError(f"model {name!r}: {field.name} must be {what}, got {value!r}")
+    return config
+
+
 def make_config(name: str, **overrides: Any) -> Any:
-    """The config dataclass of ``name`` with ``overrides``; an unknown key is named in the error."""
+    """The config dataclass of ``name`` with ``overrides``; an unknown key is named in the
+    error, a bad value (:func:`validate_config`) too."""
     spec = get_spec(name)
     fields = [f.name for f in dataclasses.fields(spec.config)]
     unknown = [k for k in overrides if k not in fields]
@@ -90,4 +114,4 @@ def make_config(name: str, **overrides: Any) -> Any:
             f"model {name!r} has no option {', '.join(map(repr, unknown))}; it takes "
             f"{', '.join(fields)}"
         )
-    return spec.config(**overrides)
+    return validate_config(spec.config(**overrides))

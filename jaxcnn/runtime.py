@@ -18,7 +18,6 @@ import ctypes
 import ctypes.util
 import os
 import sys
-from pathlib import Path
 
 #: glibc ``mallopt`` parameters (``malloc.h``).
 _M_TRIM_THRESHOLD = -1
@@ -56,24 +55,20 @@ def tune_allocator(threshold: int = ALLOCATOR_THRESHOLD) -> bool:
     return ok
 
 
-def default_cache_root() -> Path:
-    """``$XDG_CACHE_HOME/jaxcnn`` (default ``~/.cache/jaxcnn``)."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "jaxcnn"
-
-
 def enable_compilation_cache() -> str | None:
     """Keep XLA's compiled programs in ``~/.cache/jaxcnn/xla`` so that later runs skip most
     compilation. An explicit ``JAX_COMPILATION_CACHE_DIR`` wins (empty: off). Every program is
     cached, however short its compilation. Returns the directory, or None when off."""
     import jax
 
+    from .data import default_cache_dir
+
     env = os.environ.get("JAX_COMPILATION_CACHE_DIR")
-    if env is not None:
-        return env or None
-    directory = jax.config.jax_compilation_cache_dir
+    if env == "":
+        return None
+    directory = env or jax.config.jax_compilation_cache_dir
     if not directory:
-        directory = str(default_cache_root() / "xla")
+        directory = str(default_cache_dir().parent / "xla")
         jax.config.update("jax_compilation_cache_dir", directory)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

@@ -225,19 +225,6 @@ def test_torch_scheduler_learning_rates_match_the_optax_schedule(name: str) -> N
             sched.step()
 
 
-def _check(case: Case, actual: Any, expected: Any, what: str, rtol: float,
-           record: bool = True) -> None:
-    """``assert_close`` at ``rtol``; the diff is also recorded, against the default rule's
-    tolerance, for the suite's summary table."""
-    diff = assert_close(actual, expected, what, rtol=rtol)
-    if not record:
-        return
-    tol = tolerance(np.max(np.abs(expected)))  # = tolerance(expected), one pass cheaper
-    old = DIFFS.get((case.id, "20 optimizer steps"))
-    if old is None or diff / tol > old[0] / old[1]:
-        DIFFS[(case.id, "20 optimizer steps")] = (diff, tol)
-
-
 @functools.cache
 def _jax_fns(case: Case) -> tuple[Any, Any]:
     """Jitted ``draw_masks(variables, x, key)`` (``None`` for a model without dropout) and

@@ -28,12 +28,9 @@ from torch_ref.crosscheck.parity import (
 
 from ._cases import TEST_CONFIGS
 
-# graph models: parity report pending (issue 13 item 3). Their branches reuse a tensor (an
-# Inception's input feeds four paths, a Residual's input the shortcut, a DenseBlock's input the
-# concatenation), so torch's input .grad of the first layer on a path sums every use while the
-# report's grad-in/local-backward compare one path's (densenet: 58-83x "over"); and a Residual's
-# call order (conv1, bn1, conv2, bn2, conv3) is not its named_modules order, which the rows
-# check assumes.
+# The graph models (googlenet, resnet18, densenet) have their own, combined tests in
+# test_parity_graph.py: rows in call order with merge points, and planted errors in a branch;
+# they are large for a 2-core CPU, so each runs one train+grad report and one planted report.
 GRAPH_MODELS = ("googlenet", "resnet18", "densenet")
 CASES = [pytest.param(name, cfg, size, id=f"{name}-{i}")
          for name in jaxcnn.list_models() if name not in GRAPH_MODELS

@@ -224,3 +224,15 @@ def test_preset_flags_override(capsys):
     args = parser.parse_args(["train", "--preset", "vgg11_small", "--model", "nin"])
     cfg = run_config(args._parser, args)
     assert (cfg.model, cfg.resize, cfg.batch_size) == ("nin", 224, 64)
+
+
+def test_train_help_lists_every_preset_with_its_chapter(capsys):
+    from jaxcnn.training import PRESETS
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    for name, (cfg, chapter) in PRESETS.items():
+        line = next(x for x in out.splitlines() if x.startswith(f"  {name} "))
+        assert f"(ch. {chapter})" in line and f"batch {cfg.batch_size}," in line
+    assert "resnet18, resize 96, batch 256, lr 0.001  (ch. 5.11 ResNet-18)" in out

@@ -21,6 +21,7 @@ from jaxcnn.training import (
     NonFiniteError,
     OptimizerConfig,
     TrainConfig,
+    _programs,
     chunk_indices,
     create_train_state,
     epoch_learning_rates,
@@ -350,18 +351,24 @@ def test_no_recompilation_after_first_epoch(lenet_setup, datasets):
     train_ds, test_ds = datasets
     batch = 96  # a batch size no other test uses: 7 batches, the last of 24
     state = _fresh(lenet_setup)
-    # compilations = entries added to each jitted function's cache
-    before = train_step._cache_size(), count_correct._cache_size()
+    # compilations = entries added to the jitted functions' caches and to the programs
+    # compiled ahead (jaxcnn.training._programs)
+    def programs():
+        return (train_step._cache_size(), count_correct._cache_size(),
+                len(_programs._cache))
+
+    before = programs()
     seen = []
 
     def on_epoch_end(state, history):
-        seen.append((train_step._cache_size() - before[0],
-                     count_correct._cache_size() - before[1], int(state.step)))
+        seen.append((*(a - b for a, b in zip(programs(), before, strict=True)),
+                     int(state.step)))
 
     fit(state, train_ds, test_ds, epochs=3, batch_size=batch, on_epoch_end=on_epoch_end,
         log=None, progress=False)
-    # full + partial batch shape, once each, then never again
-    assert seen == [(2, 2, 7), (2, 2, 14), (2, 2, 21)]
+    # the default: one program for the 6 full batches, one for the partial batch, one for
+    # the whole test pass; then never again
+    assert seen == [(0, 0, 3, 7), (0, 0, 3, 14), (0, 0, 3, 21)]
 
 
 def test_evaluate_accuracy_against_hand_computation(lenet_setup, datasets):
@@ -505,6 +512,9 @@ def test_nan_stops_naming_the_step_and_keeps_last_checkpoint(lenet_setup, datase
     ("alexnet", "alexnet", 224, 128, 0.001, {}),
     ("vgg11_small", "vgg11", 224, 64, 0.001, {"ratio": 8}),
     ("nin", "nin", 224, 128, 0.002, {}),
+    ("googlenet", "googlenet", 96, 128, 0.001, {}),
+    ("resnet18", "resnet18", 96, 256, 0.001, {}),
+    ("densenet", "densenet", 96, 256, 0.001, {}),
 ])
 def test_presets_are_the_books(name, model, resize, batch, lr, extra):
     cfg = PRESETS[name][0]

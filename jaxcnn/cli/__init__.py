@@ -11,12 +11,20 @@ function, e.g. in ``pyproject.toml``::
 
 A plugin whose import fails (the torch extra is not installed) is still listed; running it
 prints one message saying how to install the extra, and exits 2.
+
+:func:`main` is the one place expected failures become messages: a damaged or missing
+checkpoint, bad data, a weights file that does not fit, an OS error (disk full, permission,
+read-only file system, ...) and Ctrl-C each print one or two lines naming the path and the fix
+and exit 2 (1 for OS errors, 130 for Ctrl-C). ``--debug`` (anywhere on the command line) or
+``JAXCNN_DEBUG=1`` shows the full traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
+import os
 import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
@@ -30,12 +38,17 @@ ENTRY_POINT_GROUP = "jaxcnn.commands"
 _ORDER = (*BUILTIN, "parity", "compare", "bench")
 
 
-def plugins() -> dict[str, Callable[[Any], None] | ImportError]:
+def plugins(load: bool = True) -> dict[str, Callable[[Any], None] | ImportError | None]:
     """``{command: register function}`` of the installed entry points; the ImportError in place
-    of the function when the plugin cannot be imported (its extra is missing)."""
-    found: dict[str, Callable[[Any], None] | ImportError] = {}
+    of the function when the plugin cannot be imported (its extra is missing); ``None`` for
+    every plugin when ``load`` is False (their names only: importing them means importing
+    torch, seconds that a built-in command should not pay)."""
+    found: dict[str, Callable[[Any], None] | ImportError | None] = {}
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name in BUILTIN or ep.name in found:
+            continue
+        if not load:
+            found[ep.name] = None
             continue
         try:
             found[ep.name] = ep.load()
@@ -52,20 +65,23 @@ def _unavailable(name: str, error: ImportError) -> Callable[[argparse.Namespace]
     return run
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``jaxcnn`` parser: the built-in commands, then the installed plugins."""
+def build_parser(load_plugins: bool = True) -> argparse.ArgumentParser:
+    """The ``jaxcnn`` parser: the built-in commands, then the installed plugins (listed by name
+    only, not importable through this parser, when ``load_plugins`` is False)."""
     parser = argparse.ArgumentParser(
         prog="jaxcnn",
         description="The CNNs of Dive into Deep Learning ch. 5 in JAX, checked against PyTorch.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    commands: dict[str, Callable[[Any], None] | ImportError] = {
+    commands: dict[str, Callable[[Any], None] | ImportError | None] = {
         name: importlib.import_module(f"{__name__}.{name}").register for name in BUILTIN}
-    commands.update(plugins())
+    commands.update(plugins(load_plugins))
     order = sorted(commands, key=lambda n: (_ORDER.index(n) if n in _ORDER else len(_ORDER), n))
     for name in order:
         register = commands[name]
-        if isinstance(register, ImportError):
+        if register is None:
+            sub.add_parser(name, help="(plugin)", add_help=False)
+        elif isinstance(register, ImportError):
             p = sub.add_parser(name, help=f"(unavailable: {TORCH_MISSING})", add_help=False,
                                prefix_chars="\0")  # takes any arguments: none are parsed
             p.add_argument("rest", nargs=argparse.REMAINDER)
@@ -75,7 +91,73 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Exceptions that carry a message for people (module, class), checked without importing.
+_EXPECTED = (("jaxcnn.training._checkpoint", "CheckpointError"), ("jaxcnn.data._idx", "DataError"),
+             ("jaxcnn.convert", "StateDictError"), ("jaxcnn.convert", "WeightsFileError"))
+
+_OS_FIX = {
+    errno.ENOSPC: "free some space or choose another location",
+    errno.EDQUOT: "free some space or choose another location",
+    errno.EACCES: "choose a location you can write to",
+    errno.EPERM: "choose a location you can write to",
+    errno.EROFS: "the file system is read-only; choose another location",
+    errno.ENOENT: "check the path",
+    errno.ENOTDIR: "a part of the path is a file, not a directory",
+    errno.EISDIR: "the path is a directory; give a file",
+}
+
+
+def _expected(e: BaseException) -> bool:
+    for module, name in _EXPECTED:
+        mod = sys.modules.get(module)
+        if mod is not None and isinstance(e, getattr(mod, name)):
+            return True
+    return False
+
+
+def _os_message(e: OSError) -> str:
+    where = f": {e.filename}" if e.filename else ""
+    what = e.strerror or str(e)
+    fix = _OS_FIX.get(e.errno or 0)
+    return f"{what}{where}" + (f" ({fix})" if fix else "")
+
+
+def _restore_sigint() -> None:
+    """Ctrl-C raises KeyboardInterrupt again (``jaxcnn/__init__`` exits at once while the
+    command line starts), for the commands' own messages."""
+    import signal
+
+    from .._startup import interrupted_while_starting
+
+    if signal.getsignal(signal.SIGINT) is interrupted_while_starting:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
+    """Run the command line; see the module docstring for how failures are reported."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("JAXCNN_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
+    command = next((a for a in argv if not a.startswith("-")), "")
+    prog = f"jaxcnn {command}".strip()
+    try:
+        parser = build_parser(load_plugins=command not in BUILTIN)
+        args = parser.parse_args(argv)
+        _restore_sigint()
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if debug:
+            raise
+        if _expected(e):
+            print(f"{prog}: error: {e}", file=sys.stderr)
+            return 2
+        if isinstance(e, OSError):
+            print(f"{prog}: error: {_os_message(e)}\n(run with --debug for the traceback)",
+                  file=sys.stderr)
+            return 1
+        raise

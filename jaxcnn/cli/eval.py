@@ -7,12 +7,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .. import runtime
 from .options import (
     add_config_options,
     add_model_options,
     check_input_size,
     config_overrides,
-    enable_compilation_cache,
     model_overrides,
     positive_int,
     resolve,
@@ -25,6 +25,8 @@ examples:
   jaxcnn eval --weights lenet_bn.safetensors --model lenet_bn --bn scratch
   jaxcnn eval --weights vgg.safetensors --model vgg11 --ratio 8 --batch-size 64
 
+Every array of a checkpoint is checked against its sha256 digest; without --epoch a damaged
+newest checkpoint is skipped (named on stderr) for the newest one that verifies.
 Prints 'test acc 0.xxx (correct/total correct)', in eval mode (BatchNorm running statistics,
 no dropout), with the book's preprocessing (ToTensor, and Resize for 224x224 models).
 """
@@ -58,7 +60,7 @@ def register(subparsers: Any) -> None:
 
 def run_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Any:
     """The run's config (``--workdir``) or that of ``--model`` and its options."""
-    from ..training import TrainConfig, latest_epoch, read_meta
+    from ..training import CheckpointError, TrainConfig, latest_epoch, read_meta
 
     if (args.workdir is None) == (args.weights is None):
         parser.error("give exactly one of --workdir DIR and --weights FILE")
@@ -72,7 +74,7 @@ def run_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Any
                          f"--workdir {args.workdir}' first)")
         try:
             config = TrainConfig.from_dict(read_meta(args.workdir, args.epoch)["config"])
-        except Exception as e:
+        except (CheckpointError, KeyError, TypeError, ValueError) as e:
             parser.error(f"cannot read the checkpoint in {args.workdir}: {e}")
         return config
     if args.epoch is not None:
@@ -91,11 +93,16 @@ def run_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Any
 def run(args: argparse.Namespace) -> int:
     parser = args._parser
     config = run_config(parser, args)
-    enable_compilation_cache()
+    runtime.configure()
 
     import dataclasses
 
-    from ..convert import StateDictError, from_torch_state_dict, load_safetensors
+    from ..convert import (
+        StateDictError,
+        WeightsFileError,
+        from_torch_state_dict,
+        load_safetensors,
+    )
     from ..data import DataError, DeviceDataset, load_splits
     from ..models import build_model
     from ..training import evaluate_accuracy, load_checkpoint
@@ -109,9 +116,12 @@ def run(args: argparse.Namespace) -> int:
         model = build_model(config.model_cfg())
         try:
             variables = from_torch_state_dict(model, load_safetensors(args.weights))
-        except StateDictError as e:
+        except (StateDictError, TypeError) as e:
             print(f"jaxcnn eval: error: {args.weights} does not fit {config.model} "
                   f"{dict(config.model_config)}:\n{e}", file=sys.stderr)
+            return 2
+        except WeightsFileError as e:
+            print(f"jaxcnn eval: error: {e}", file=sys.stderr)
             return 2
         what = str(args.weights)
     try:

@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .options import enable_compilation_cache, positive_int
+from .. import runtime
+from .options import positive_int
 
 EPILOG = """\
 examples:
@@ -21,7 +22,9 @@ layouts (OIHW conv weights, (out, in) linear weights, int64 num_batches_tracked)
   model = torch_ref.create_model("lenet")          # same model and config as the run
   model.load_state_dict(safetensors.torch.load_file("lenet.safetensors"), strict=True)
 
-Check it with 'jaxcnn eval --weights FILE --model NAME'.
+Check it with 'jaxcnn eval --weights FILE --model NAME'. Every array is checked against the
+checkpoint's sha256 digests first; without --epoch a damaged newest checkpoint is skipped
+(named on stderr) for the newest one that verifies.
 """
 
 
@@ -33,7 +36,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--workdir", type=Path, required=True, metavar="DIR",
                    help="the run directory (from 'jaxcnn train --workdir')")
     p.add_argument("--out", type=Path, required=True, metavar="FILE",
-                   help="the .safetensors file to write (replaced atomically)")
+                   help="the .safetensors file to write (replaced atomically; its directory "
+                        "must exist unless --mkdir)")
+    p.add_argument("--mkdir", action="store_true",
+                   help="create the missing parent directories of --out")
     p.add_argument("--epoch", type=positive_int, help="this epoch's checkpoint (default: the "
                    "latest)")
     p.set_defaults(func=run, _parser=p)
@@ -48,8 +54,13 @@ def run(args: argparse.Namespace) -> int:
                      f"{args.workdir}' first)")
     if args.out.suffix != ".safetensors":
         parser.error(f"--out should end in .safetensors, got {args.out}")
+    if args.out.is_dir():
+        parser.error(f"--out {args.out} is a directory; give a file name")
+    if not args.mkdir and not args.out.absolute().parent.is_dir():
+        parser.error(f"--out: the directory {args.out.absolute().parent} does not exist "
+                     f"(create it, or add --mkdir)")
 
-    enable_compilation_cache()
+    runtime.configure()
     from ..convert import save_safetensors, to_torch_state_dict
     from ..training import CheckpointError, load_checkpoint
 
@@ -59,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"jaxcnn export: error: {e}", file=sys.stderr)
         return 2
     state_dict = to_torch_state_dict(model, state.variables)
-    save_safetensors(args.out, state_dict)
+    save_safetensors(args.out, state_dict, make_dirs=args.mkdir)
     config = meta["config"]
     opts = {k: v for k, v in config["model_config"].items()}
     print(f"wrote {args.out}: {len(state_dict)} tensors of {config['model']} {opts}, epoch "

@@ -56,21 +56,6 @@ def non_negative_float(text: str) -> float:
 TORCH_MISSING = "needs the torch extra: pip install 'jaxcnn[torch]'"
 
 
-def enable_compilation_cache() -> None:
-    """Keep XLA's compiled programs in ``~/.cache/jaxcnn/xla`` (``$XDG_CACHE_HOME``) so that
-    later runs skip most compilation; an explicit ``JAX_COMPILATION_CACHE_DIR`` (empty: off)
-    wins."""
-    import os
-
-    import jax
-
-    if "JAX_COMPILATION_CACHE_DIR" in os.environ or jax.config.jax_compilation_cache_dir:
-        return
-    from ..data import default_cache_dir
-
-    jax.config.update("jax_compilation_cache_dir", str(default_cache_dir().parent / "xla"))
-
-
 # ------------------------------------------------------------------ model (registry) options
 
 def _parse_value(default: Any) -> Callable[[str], Any]:

@@ -9,12 +9,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .. import runtime
 from .options import (
     add_config_options,
     add_model_options,
     check_input_size,
     config_overrides,
-    enable_compilation_cache,
     non_negative_int,
     positive_int,
     resolve,
@@ -31,12 +31,16 @@ examples:
   jaxcnn train --model lenet --optimizer sgd --lr 0.1 --momentum 0.9 --nesterov \\
                --schedule step --step-size 2 --gamma 0.5
   jaxcnn train --preset lenet --limit-train 2048 --limit-test 512 --epochs 2   # quick look
-  jaxcnn train --preset alexnet --precision bfloat16 --steps-per-call 50      # on a GPU
+  jaxcnn train --preset alexnet --precision bfloat16                         # on a GPU
 
 With --workdir, every epoch is checkpointed (orbax; the newest --keep are kept) and the
 metrics go to WORKDIR/metrics.jsonl; --resume continues from the latest checkpoint with
-identical results to an uninterrupted run. A NaN/inf loss stops the run, naming the step,
-and leaves the last good checkpoint as it was.
+identical results to an uninterrupted run. A NaN/inf loss or state stops the run, naming the
+step, and leaves the last good checkpoint as it was; continue from it with a lower learning
+rate:
+  jaxcnn train --workdir runs/bn --resume --change-optimizer --lr 0.0001
+The workdir is locked while a run uses it; every checkpoint carries sha256 digests of its
+arrays, and --resume falls back to the newest checkpoint that verifies (README: Failure modes).
 """
 
 
@@ -54,7 +58,8 @@ def run_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Any
             parser.error(f"--resume: no checkpoint in {args.workdir} (nothing to continue; "
                          f"drop --resume to start a new run there)")
         try:
-            saved = TrainConfig.from_dict(read_meta(args.workdir)["config"])
+            meta = read_meta(args.workdir)
+            saved, saved_epoch = TrainConfig.from_dict(meta["config"]), int(meta["epoch"])
         except (CheckpointError, KeyError, TypeError, ValueError) as e:
             parser.error(f"--resume: cannot read the checkpoint in {args.workdir}: {e}")
     elif args.workdir is not None and latest_epoch(args.workdir) is not None:
@@ -66,11 +71,16 @@ def run_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Any
 
     config = resolve(parser, args.preset or saved, **config_overrides(args))
     if saved is not None:
-        problems = resume_conflicts(saved, config, done)
+        done = saved_epoch
+        problems = resume_conflicts(saved, config, done,
+                                    allow_optimizer_change=args.change_optimizer)
         if problems:
             parser.error(f"cannot --resume {args.workdir} with different settings (give just "
-                         f"--workdir and --resume, plus --epochs to train longer; or start a "
-                         f"new --workdir):\n  " + "\n  ".join(problems))
+                         f"--workdir and --resume, plus --epochs to train longer, and "
+                         f"--change-optimizer to change the optimizer, learning rate or "
+                         f"schedule; or start a new --workdir):\n  " + "\n  ".join(problems))
+    elif args.change_optimizer:
+        parser.error("--change-optimizer applies to --resume only")
     check_input_size(parser, config)
     return config
 
@@ -100,16 +110,23 @@ def register(subparsers: Any) -> None:
         "optimizer.nesterov", "optimizer.weight_decay", "optimizer.schedule",
         "optimizer.step_size", "optimizer.gamma", "precision"],
         help={"epochs": "total epochs (with --resume: train up to this many)"})
-    how.add_argument("--steps-per-call", type=positive_int, default=1, metavar="K",
+    how.add_argument("--steps-per-call", type=positive_int, default=None, metavar="K",
                      help="run K updates per compiled call (lax.scan over batches gathered on "
-                          "the device): the same training, less dispatch; try 50+ on a GPU "
-                          "(default 1)")
+                          "the device): the same training, less dispatch (default: all full "
+                          "batches of an epoch up to 64, else the largest divisor of their "
+                          "number up to 64; 1: one call per batch)")
     add_config_options(how, ["seed", "limit_train", "limit_test"])
     out = p.add_argument_group("where")
     out.add_argument("--workdir", type=Path, metavar="DIR",
                      help="checkpoints, metrics.jsonl, config.json (and curves.png) go here")
     out.add_argument("--resume", action="store_true",
                      help="continue the run in --workdir from its latest checkpoint")
+    out.add_argument("--change-optimizer", action="store_true",
+                     help="with --resume: allow other optimizer settings than the checkpoint's "
+                          "(--lr, --optimizer, --momentum, --weight-decay, --schedule, ...), "
+                          "e.g. a lower --lr after a divergence; the optimizer state is kept "
+                          "when its structure allows, else starts afresh. Model and data "
+                          "settings still may not change")
     out.add_argument("--keep", type=positive_int, default=3, metavar="N",
                      help="checkpoints to keep (default 3)")
     out.add_argument("--plot", action="store_true", help="write WORKDIR/curves.png at the end")
@@ -125,16 +142,19 @@ def register(subparsers: Any) -> None:
 def _overrides(cfg: Any) -> dict[str, Any]:
     from ..registry import make_config
 
+    def plain(v: Any) -> Any:  # the config stores tuples as lists
+        return list(v) if isinstance(v, tuple) else v
+
     default = dataclasses.asdict(make_config(cfg.model))
-    return {k: v for k, v in cfg.model_config.items() if default.get(k) != v}
+    return {k: v for k, v in cfg.model_config.items() if plain(default.get(k)) != plain(v)}
 
 
 def run(args: argparse.Namespace) -> int:
     config = run_config(args._parser, args)
-    enable_compilation_cache()
+    runtime.configure()
 
-    from ..data import DataError, DeviceDataset, load_splits
-    from ..training import CheckpointError, NonFiniteError, train
+    from ..data import DataError, DeviceDataset, load_splits, split_sizes
+    from ..training import CheckpointError, NonFiniteError, WorkdirLock, precompile, train
 
     opt = config.optimizer
     extra = "".join(f" {k}={v}" for k, v in _overrides(config).items())
@@ -146,14 +166,21 @@ def run(args: argparse.Namespace) -> int:
           + ("" if config.precision == "float32" else f", {config.precision} mixed precision"),
           flush=True)
     start = time.perf_counter()
+    lock = None
     try:
+        if args.workdir is not None:  # before the data loads: a bad workdir fails at once
+            lock = WorkdirLock(args.workdir).acquire()
+        # Compile (in the background) while the data loads.
+        precompile(config, *split_sizes(config.limit_train, config.limit_test),
+                   args.steps_per_call)
         datasets = DeviceDataset.splits(load_splits(
             args.data_dir, limit_train=config.limit_train, limit_test=config.limit_test,
             download=not args.no_download))
         result = train(config, args.workdir, resume=args.resume, keep=args.keep,
                        plot=args.plot, log=lambda s: print(s, flush=True),
                        log_every=args.log_every, datasets=datasets,
-                       steps_per_call=args.steps_per_call)
+                       steps_per_call=args.steps_per_call,
+                       allow_optimizer_change=args.change_optimizer)
     except DataError as e:
         print(f"jaxcnn train: error: {e}", file=sys.stderr)
         return 2
@@ -161,8 +188,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"jaxcnn train: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        where = (f"; continue with: jaxcnn train --workdir {args.workdir} --resume"
-                 if args.workdir is not None else "")
+        from ..training import latest_epoch
+
+        last = latest_epoch(args.workdir) if args.workdir is not None else None
+        where = (f"; epoch {last} is checkpointed, continue with: jaxcnn train --workdir "
+                 f"{args.workdir} --resume" if last is not None
+                 else "; no checkpoint was written")
         print(f"jaxcnn train: interrupted{where}", file=sys.stderr)
         return 130
     except NonFiniteError as e:
@@ -171,10 +202,15 @@ def run(args: argparse.Namespace) -> int:
             from ..training import latest_epoch
 
             last = latest_epoch(args.workdir)
-            where = (f"the last good checkpoint is epoch {last} in {args.workdir}" if last
+            where = (f"the last good checkpoint is epoch {last} in {args.workdir}; continue "
+                     f"from it with: jaxcnn train --workdir {args.workdir} --resume "
+                     f"--change-optimizer --lr <lower>" if last
                      else "no checkpoint was written")
             print(f"jaxcnn train: {where}", file=sys.stderr)
         return 1
+    finally:
+        if lock is not None:
+            lock.release()
     total = time.perf_counter() - start
     if result.history:
         last = result.history[-1]

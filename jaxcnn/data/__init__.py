@@ -18,7 +18,14 @@ from ._batching import (
     num_batches,
 )
 from ._idx import DataError
-from ._load import CLASSES, FashionMNIST, default_cache_dir, load_fashion_mnist, load_splits
+from ._load import (
+    CLASSES,
+    FashionMNIST,
+    default_cache_dir,
+    load_fashion_mnist,
+    load_splits,
+    split_sizes,
+)
 from ._resize import pil_resize, preprocess
 
 __all__ = [
@@ -34,4 +41,5 @@ __all__ = [
     "num_batches",
     "pil_resize",
     "preprocess",
+    "split_sizes",
 ]

@@ -107,6 +107,15 @@ def load_fashion_mnist(
     return _load_cache(cache, download=True)
 
 
+def split_sizes(limit_train: int | None = None, limit_test: int | None = None
+                ) -> tuple[int, int]:
+    """The numbers of training and test examples :func:`load_splits` returns with these limits
+    (known before any file is read: the IDX headers are verified against them)."""
+    counts = {spec.key: spec.count for spec in SPECS}
+    return (min(limit_train or counts["train_images"], counts["train_images"]),
+            min(limit_test or counts["test_images"], counts["test_images"]))
+
+
 def load_splits(data_dir: str | os.PathLike[str] | None = None, *,
                 limit_train: int | None = None, limit_test: int | None = None,
                 download: bool = True) -> FashionMNIST:

@@ -99,6 +99,16 @@ class Layer(nn.Module):
             path = ""
         return f"layer '{path or '<root>'}' ({type(self).__name__})"
 
+    def check_float(self, x: jax.Array) -> None:
+        """Refuse a non-float input (uint8 images, ints) with a hint to scale it: a model's
+        first layer calls this, so every model checks its input dtype at the entry."""
+        dtype = jnp.result_type(x)
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise TypeError(
+                f"{self.where()}: expected a floating-point input, got dtype {dtype}; convert "
+                f"and scale images first, e.g. x.astype(jnp.float32) / 255 (or "
+                f"jaxcnn.data.preprocess for uint8 Fashion-MNIST batches)")
+
     def check_ndim(self, x: jax.Array, ndims: Sequence[int], layout: str) -> None:
         if x.ndim not in ndims:
             raise ShapeError(

@@ -52,6 +52,7 @@ class Conv2d(Layer):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        self.check_float(x)
         self.check_ndim(x, (4,), "NHWC")
         if x.shape[-1] != self.in_channels:
             raise ShapeError(

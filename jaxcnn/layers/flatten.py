@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 
@@ -23,4 +25,4 @@ def flatten_torch_order(x: jax.Array) -> jax.Array:
     """``(N, H, W, C) -> (N, C*H*W)`` in torch's (C, H, W) order; ``(N, ...) -> (N, -1)``."""
     if x.ndim == 4:
         x = jnp.transpose(x, (0, 3, 1, 2))
-    return x.reshape(x.shape[0], -1)
+    return x.reshape(x.shape[0], math.prod(x.shape[1:]))  # not -1: an empty batch works

@@ -36,6 +36,7 @@ class Linear(Layer):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        self.check_float(x)
         if x.ndim < 1 or x.shape[-1] != self.in_features:
             raise ShapeError(
                 f"{self.where()}: expected {self.in_features} features in the last axis, got "

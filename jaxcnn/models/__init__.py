@@ -7,7 +7,7 @@ from typing import Any
 
 import flax.linen as nn
 
-from ..registry import get_spec, list_models, make_config, spec_of_config
+from ..registry import get_spec, list_models, make_config, spec_of_config, validate_config
 from .d2l_ch5 import (
     VGG11_ARCH,
     AlexNetConfig,
@@ -40,8 +40,9 @@ from .seed_example import SeedExample, SeedExampleConfig, seed_example
 
 
 def build_model(config: Any) -> nn.Module:
-    """The Flax model of a registered config dataclass instance."""
-    return spec_of_config(config).build(config)
+    """The Flax model of a registered config dataclass instance (checked by
+    :func:`~jaxcnn.registry.validate_config`: ``num_classes``, ``in_channels``, ... >= 1)."""
+    return spec_of_config(config).build(validate_config(config))
 
 
 def create_model(name: str, **config: Any) -> nn.Module:

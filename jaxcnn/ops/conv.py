@@ -45,8 +45,9 @@ def conv2d_xla(x: jax.Array, kernel: jax.Array, stride: Pair, padding: Pair) -> 
 
 def conv2d(x: jax.Array, kernel: jax.Array, stride: Pair, padding: Pair) -> jax.Array:
     """:func:`conv2d_xla`'s result, computed by :func:`conv2d_cpu` when the fast CPU kernels
-    are selected (:func:`~jaxcnn.ops.select.fast_cpu_kernels`, asked at trace time)."""
-    if fast_cpu_kernels():
+    are selected (:func:`~jaxcnn.ops.select.fast_cpu_kernels`, asked at trace time); an empty
+    batch takes the XLA definition (an empty result, as torch gives)."""
+    if fast_cpu_kernels() and x.shape[0] > 0:
         return conv2d_cpu(x, kernel, stride, padding)
     return conv2d_xla(x, kernel, stride, padding)
 

@@ -16,10 +16,13 @@
 from ._checkpoint import (
     CheckpointError,
     Checkpoints,
+    CheckpointWriteError,
+    DamagedCheckpoint,
     latest_epoch,
     read_meta,
     write_metrics,
 )
+from ._lock import WorkdirLock, WorkdirLocked, check_workdir
 from ._loop import EpochStats, NonFiniteError, evaluate_accuracy, fit, train_epoch
 from ._optim import (
     OPTIMIZERS,
@@ -30,7 +33,7 @@ from ._optim import (
     make_optimizer,
 )
 from ._plot import plot_history
-from ._run import RunResult, init_state, load_checkpoint, train
+from ._run import RunResult, init_state, load_checkpoint, precompile, train
 from ._state import TrainState, create_train_state, variables_of
 from .config import (
     PRECISIONS,
@@ -41,7 +44,15 @@ from .config import (
     resolve_config,
     resume_conflicts,
 )
-from .steps import chunk_indices, eval_step, train_scan, train_step, update
+from .steps import (
+    auto_steps_per_call,
+    chunk_indices,
+    count_correct_scan,
+    eval_step,
+    train_scan,
+    train_step,
+    update,
+)
 
 __all__ = [
     "OPTIMIZERS",
@@ -49,14 +60,21 @@ __all__ = [
     "PRESETS",
     "SCHEDULES",
     "CheckpointError",
+    "CheckpointWriteError",
     "Checkpoints",
+    "DamagedCheckpoint",
     "EpochStats",
     "NonFiniteError",
     "OptimizerConfig",
     "RunResult",
     "TrainConfig",
     "TrainState",
+    "WorkdirLock",
+    "WorkdirLocked",
+    "auto_steps_per_call",
+    "check_workdir",
     "chunk_indices",
+    "count_correct_scan",
     "create_train_state",
     "default_preset",
     "default_resize",
@@ -70,6 +88,7 @@ __all__ = [
     "lr_schedule",
     "make_optimizer",
     "plot_history",
+    "precompile",
     "read_meta",
     "resolve_config",
     "resume_conflicts",

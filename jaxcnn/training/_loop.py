@@ -20,8 +20,16 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..data import epoch_order, num_batches
+from . import _programs
 from ._state import TrainState
-from .steps import chunk_indices, count_correct, train_scan, train_step
+from .steps import (
+    auto_steps_per_call,
+    chunk_indices,
+    count_correct,
+    count_correct_scan,
+    train_scan,
+    train_step,
+)
 
 
 class Dataset(Protocol):
@@ -34,7 +42,8 @@ class Dataset(Protocol):
 
 
 class NonFiniteError(FloatingPointError):
-    """The loss or the parameters became NaN/inf; ``step`` (1-based global step) and ``epoch``
+    """The loss or the state (parameters, BatchNorm statistics, optimizer state) became
+    NaN/inf; ``step`` (1-based global step) and ``epoch``
     (1-based) name the first bad update."""
 
     def __init__(self, message: str, step: int, epoch: int) -> None:
@@ -42,11 +51,35 @@ class NonFiniteError(FloatingPointError):
         self.step, self.epoch = step, epoch
 
 
+def _on_device(dataset: Dataset) -> tuple[jax.Array, jax.Array] | None:
+    """``(images, labels)`` of a dataset held on the device (a ``DeviceDataset``), else None."""
+    images, labels = getattr(dataset, "images", None), getattr(dataset, "labels", None)
+    if isinstance(images, jax.Array) and isinstance(labels, jax.Array):
+        return images, labels
+    return None
+
+
+def eval_blocks(n: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The test pass as index blocks: int32 ``(K, B)`` indices ``0 .. n-1`` in order (the last
+    block padded with index 0) and the bool ``(K, B)`` mask of the real ones."""
+    k = num_batches(n, batch_size)
+    flat = np.arange(k * batch_size)
+    return (np.where(flat < n, flat, 0).astype(np.int32).reshape(k, batch_size),
+            (flat < n).reshape(k, batch_size))
+
+
 def _accuracy(apply_fn: Callable[..., Any], variables: Any, dataset: Dataset, batch_size: int,
               resize: int | None, precision: str = "float32") -> float:
-    counts = [count_correct(apply_fn, variables, x, y, resize, precision)
-              for x, y in dataset.batches(batch_size, shuffle=False)]
-    total = int(np.sum(jax.device_get(counts), dtype=np.int64))
+    arrays = _on_device(dataset)
+    if arrays is None:  # any iterable of batches: one call per batch
+        counts = [count_correct(apply_fn, variables, x, y, resize, precision)
+                  for x, y in dataset.batches(batch_size, shuffle=False)]
+        total = int(np.sum(jax.device_get(counts), dtype=np.int64))
+    else:  # the whole pass in one compiled call
+        idx, valid = eval_blocks(len(dataset), batch_size)
+        total = int(_programs.call(count_correct_scan, variables, *arrays, jnp.asarray(idx),
+                                   jnp.asarray(valid), apply_fn=apply_fn, resize=resize,
+                                   precision=precision))
     return total / len(dataset)
 
 
@@ -86,17 +119,18 @@ class EpochStats:
 def _non_finite(step: int, epoch: int, batch: int, nbatch: int, loss: float) -> NonFiniteError:
     where = f"global step {step} (epoch {epoch}, batch {batch} of {nbatch})"
     what = (f"non-finite loss ({loss}) at {where}" if not np.isfinite(loss) else
-            f"the update of {where} made the parameters non-finite (loss was {loss:.4g})")
+            f"the update of {where} made the state non-finite (parameters, BatchNorm "
+            f"statistics or optimizer state; loss was {loss:.4g})")
     return NonFiniteError(
         f"training diverged: {what}. Nothing of epoch {epoch} was saved; lower the learning "
         f"rate (or change the optimizer/schedule), then start again or resume from the last "
-        f"good checkpoint.", step, epoch)
+        f"good checkpoint with --resume --change-optimizer --lr ...", step, epoch)
 
 
 def train_epoch(state: TrainState, dataset: Dataset, *, batch_size: int, epoch: int,
                 seed: int = 0, resize: int | None = None,
                 on_step: Callable[[int, dict[str, float]], None] | None = None,
-                progress: bool | None = None, steps_per_call: int = 1,
+                progress: bool | None = None, steps_per_call: int | None = None,
                 precision: str = "float32") -> tuple[TrainState, dict[str, float]]:
     """Train one epoch (``epoch`` 1-based; the shuffle order is ``(seed, epoch - 1)``).
 
@@ -106,9 +140,12 @@ def train_epoch(state: TrainState, dataset: Dataset, *, batch_size: int, epoch: 
     step raises :class:`NonFiniteError`. ``on_step(global_step, metrics)`` is called with each
     step's host metrics; ``progress`` shows a tqdm bar (default: when stderr is a TTY).
 
-    ``steps_per_call > 1`` (a :class:`~jaxcnn.data.DeviceDataset` only) runs the full batches
-    ``steps_per_call`` at a time in one compiled call (:func:`~jaxcnn.training.train_scan`),
-    in the same order and with the same updates; host syncs then happen once per call.
+    A :class:`~jaxcnn.data.DeviceDataset` is trained ``steps_per_call`` updates per compiled
+    call (:func:`~jaxcnn.training.train_scan`; default ``None``:
+    :func:`~jaxcnn.training.auto_steps_per_call` of the epoch's full batches), in the same
+    order and with the same updates as one by one; the partial last batch is one more call,
+    and host syncs happen once per call. ``steps_per_call=1`` runs one
+    :func:`~jaxcnn.training.train_step` per batch (any dataset: :meth:`Dataset.batches`).
     ``precision``: see :func:`train_step`.
     """
     n = len(dataset)
@@ -145,12 +182,15 @@ def train_epoch(state: TrainState, dataset: Dataset, *, batch_size: int, epoch: 
             on_step(step, {"loss": float(host["loss"]), "epoch": epoch, "batch": i + 1})
 
     pending: dict[str, jax.Array] | None = None  # the previous call's metrics, (K,) each
+    if steps_per_call is None:
+        steps_per_call = 1 if _on_device(dataset) is None else auto_steps_per_call(n // batch_size)
     for batch in _calls(dataset, batch_size, seed, epoch, steps_per_call):
         if len(batch) == 2:
             state, metrics = train_step(state, *batch, resize=resize, precision=precision)
             metrics = jax.tree.map(lambda a: a[None], metrics)
         else:
-            state, metrics = train_scan(state, *batch, resize=resize, precision=precision)
+            state, metrics = _programs.call(train_scan, state, *batch, resize=resize,
+                                            precision=precision)
         if pending is not None:
             consume(pending)
         pending = metrics
@@ -171,18 +211,17 @@ def _calls(dataset: Dataset, batch_size: int, seed: int, epoch: int, steps_per_c
     if steps_per_call == 1:
         yield from dataset.batches(batch_size, shuffle=True, seed=seed, epoch=epoch - 1)
         return
-    images, labels = getattr(dataset, "images", None), getattr(dataset, "labels", None)
-    if not isinstance(images, jax.Array) or not isinstance(labels, jax.Array):
+    arrays = _on_device(dataset)
+    if arrays is None:
         raise TypeError(f"steps_per_call={steps_per_call} needs the data on the device "
                         f"(jaxcnn.data.DeviceDataset), got {type(dataset).__name__}")
     n = len(dataset)
     order = epoch_order(seed, epoch - 1, n).astype(np.int32)
     for block in chunk_indices(order, batch_size, steps_per_call):
-        yield images, labels, jnp.asarray(block)
+        yield (*arrays, jnp.asarray(block))
     rest = order[n // batch_size * batch_size:]
-    if len(rest):
-        idx = jnp.asarray(rest)
-        yield images[idx], labels[idx]
+    if len(rest):  # one more call of one update
+        yield (*arrays, jnp.asarray(rest[None]))
 
 
 def fit(state: TrainState, train_ds: Dataset, test_ds: Dataset, *, epochs: int,
@@ -192,7 +231,8 @@ def fit(state: TrainState, train_ds: Dataset, test_ds: Dataset, *, epochs: int,
         on_epoch_end: Callable[[TrainState, list[EpochStats]], None] | None = None,
         on_step: Callable[[int, dict[str, float]], None] | None = None,
         log: Callable[[str], None] | None = print,
-        progress: bool | None = None, steps_per_call: int = 1, precision: str = "float32"
+        progress: bool | None = None, steps_per_call: int | None = None,
+        precision: str = "float32"
         ) -> tuple[TrainState, list[EpochStats]]:
     """The book's ``train_ch5``: train epochs ``len(history) + 1 .. epochs``.
 

@@ -6,21 +6,26 @@ import dataclasses
 import functools
 import json
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
-from ..data import DeviceDataset, load_splits, num_batches
+from ..data import DeviceDataset, load_splits, num_batches, split_sizes
 from ..models import build_model
+from . import _programs
 from ._checkpoint import CheckpointError, Checkpoints, write_config, write_metrics
-from ._loop import Dataset, EpochStats, fit
+from ._lock import WorkdirLock
+from ._loop import Dataset, EpochStats, eval_blocks, fit
 from ._optim import epoch_learning_rates, make_optimizer
 from ._plot import plot_history
-from ._state import TrainState, create_train_state
+from ._state import TrainState, abstract_train_state, create_train_state, variables_of
 from .config import TrainConfig, resume_conflicts
+from .steps import auto_steps_per_call, count_correct_scan, train_scan
 
 PLOT_FILE = "curves.png"
 
@@ -44,72 +49,160 @@ def _model_and_tx(config_json: str, steps_per_epoch: int) -> tuple[nn.Module, An
             make_optimizer(config.optimizer, steps_per_epoch, config.epochs))
 
 
-def init_state(config: TrainConfig, steps_per_epoch: int) -> tuple[nn.Module, TrainState]:
-    """The model of ``config`` and its fresh state (``PRNGKey(seed)``, torch-default init)."""
+def _model_tx_shape(config: TrainConfig, steps_per_epoch: int
+                    ) -> tuple[nn.Module, Any, tuple[int, int, int, int]]:
     key = dict(config.to_dict(), seed=0, limit_train=None, limit_test=None)
     if config.optimizer.schedule == "constant":  # the optimizer does not depend on them
         key["epochs"], steps_per_epoch = 1, 1
     model, tx = _model_and_tx(json.dumps(key, sort_keys=True), steps_per_epoch)
     in_channels = config.model_cfg().in_channels
-    shape = (1, config.input_size, config.input_size, in_channels)
+    return model, tx, (1, config.input_size, config.input_size, in_channels)
+
+
+def init_state(config: TrainConfig, steps_per_epoch: int) -> tuple[nn.Module, TrainState]:
+    """The model of ``config`` and its fresh state (``PRNGKey(seed)``, torch-default init)."""
+    model, tx, shape = _model_tx_shape(config, steps_per_epoch)
     return model, create_train_state(model, jax.random.PRNGKey(config.seed), shape, tx)
 
 
-def load_checkpoint(workdir: str | os.PathLike[str],
-                    epoch: int | None = None) -> tuple[nn.Module, TrainState, dict[str, Any]]:
-    """``(model, state, meta)`` of a workdir's checkpoint (default: the latest); ``meta`` has
-    ``epoch``, ``history`` and ``config`` (a dict; :meth:`TrainConfig.from_dict`)."""
+def precompile(config: TrainConfig, train_size: int, test_size: int,
+               steps_per_call: int | None = None, image_shape: tuple[int, int] = (28, 28)
+               ) -> None:
+    """Start compiling, in background threads, every program a run of ``config`` on
+    ``train_size``/``test_size`` examples needs (init, the training calls, the test pass), so
+    that they compile concurrently with each other and with the data loading; the run then
+    uses them (:mod:`jaxcnn.training._programs`). Only shapes are needed."""
+    bs = config.batch_size
+    model, tx, shape = _model_tx_shape(config, num_batches(train_size, bs))
+    state = abstract_train_state(model, shape, tx)
+    static = {"resize": config.resize, "precision": config.precision}
+
+    def data(n: int) -> tuple[jax.ShapeDtypeStruct, jax.ShapeDtypeStruct]:
+        return (jax.ShapeDtypeStruct((n, *image_shape), jnp.uint8),
+                jax.ShapeDtypeStruct((n,), jnp.int32))
+
+    full, rest = divmod(train_size, bs)
+    k = steps_per_call or auto_steps_per_call(full)
+    blocks = {k} if full >= k and k > 1 else set()
+    if k > 1 and full % k:
+        blocks.add(full % k)
+    for rows, width in [*((b, bs) for b in blocks), *([(1, rest)] if rest and k > 1 else [])]:
+        _programs.precompile(train_scan, state, *data(train_size),
+                             jax.ShapeDtypeStruct((rows, width), jnp.int32), **static)
+    idx, _ = eval_blocks(test_size, bs)
+    _programs.precompile(count_correct_scan, variables_of(state.params, state.batch_stats),
+                         *data(test_size), jax.ShapeDtypeStruct(idx.shape, jnp.int32),
+                         jax.ShapeDtypeStruct(idx.shape, jnp.bool_), apply_fn=model.apply,
+                         **static)
+
+
+def _template_of(meta: dict[str, Any]) -> TrainState:
+    config = TrainConfig.from_dict(meta["config"])
+    return init_state(config, int(meta.get("steps_per_epoch", 1)))[1]
+
+
+def load_checkpoint(workdir: str | os.PathLike[str], epoch: int | None = None,
+                    log: Callable[[str], None] | None = None,
+                    ) -> tuple[nn.Module, TrainState, dict[str, Any]]:
+    """``(model, state, meta)`` of a workdir's checkpoint, verified against its digests;
+    ``meta`` has ``epoch``, ``history`` and ``config`` (a dict; :meth:`TrainConfig.from_dict`).
+
+    ``epoch=None``: the newest checkpoint that verifies; each newer damaged one is reported to
+    ``log`` (default: stderr). A given ``epoch`` that is damaged raises
+    :class:`~jaxcnn.training.DamagedCheckpoint`."""
+    if log is None:
+        def log(s: str) -> None:
+            print(s, file=sys.stderr, flush=True)
     with Checkpoints(workdir) as ckpt:
-        meta = ckpt.read_meta(epoch)
-        config = TrainConfig.from_dict(meta["config"])
-        model, template = init_state(config, int(meta.get("steps_per_epoch", 1)))
-        state, meta = ckpt.restore(template, meta["epoch"])
+        if epoch is None:
+            state, meta, _ = ckpt.restore_newest_good(_template_of, log)
+        else:
+            state, meta = ckpt.restore(_template_of(ckpt.read_meta(epoch)), epoch)
+    model, _ = init_state(TrainConfig.from_dict(meta["config"]),
+                          int(meta.get("steps_per_epoch", 1)))
     return model, state, meta
+
+
+def _continue_with(restored: TrainState, fresh: TrainState, log: Callable[[str], None] | None
+                   ) -> TrainState:
+    """The restored state under ``fresh``'s optimizer: its optimizer state is kept when it has
+    the same structure (e.g. only the learning rate changed), else re-initialised."""
+    same = (jax.tree.structure(restored.opt_state) == jax.tree.structure(fresh.opt_state)
+            and all(a.shape == b.shape and a.dtype == b.dtype for a, b in zip(
+                jax.tree.leaves(restored.opt_state), jax.tree.leaves(fresh.opt_state),
+                strict=True)))
+    opt_state = restored.opt_state if same else fresh.tx.init(restored.params)
+    if not same and log:
+        log("the optimizer changed: its state (momentum/moments) starts afresh")
+    return fresh.replace(step=restored.step, params=restored.params,
+                         batch_stats=restored.batch_stats, opt_state=opt_state,
+                         dropout_key=restored.dropout_key)
 
 
 def train(config: TrainConfig, workdir: str | os.PathLike[str] | None = None, *,
           resume: bool = False, keep: int = 3, data_dir: str | os.PathLike[str] | None = None,
           plot: bool = False, log: Callable[[str], None] | None = print, log_every: int = 0,
           progress: bool | None = None,
-          datasets: tuple[Dataset, Dataset] | None = None, steps_per_call: int = 1
-          ) -> RunResult:
+          datasets: tuple[Dataset, Dataset] | None = None, steps_per_call: int | None = None,
+          allow_optimizer_change: bool = False) -> RunResult:
     """Train ``config`` as the book does, checkpointing every epoch into ``workdir``.
 
     With ``workdir``: ``checkpoints/<epoch>`` (the newest ``keep``), ``metrics.jsonl``,
     ``config.json`` and, with ``plot``, ``curves.png``. ``resume`` continues from the latest
-    checkpoint (its config must equal ``config`` except for more ``epochs``); without it a
-    workdir that already has checkpoints is refused. ``datasets`` replaces Fashion-MNIST
-    (``(train, test)``, e.g. synthetic ones). ``log_every=N`` logs every N-th step's loss.
-    ``steps_per_call=K`` runs K updates per compiled call (same results; faster on a GPU).
+    checkpoint that verifies (damaged newer ones are moved to ``WORKDIR/damaged/``); its
+    config must equal ``config`` except for more ``epochs`` and, with
+    ``allow_optimizer_change``, the optimizer and schedule (the optimizer state is kept when
+    its structure allows). Without ``resume`` a workdir that already has checkpoints is
+    refused. The workdir is locked for the whole run (:class:`WorkdirLock`). ``datasets``
+    replaces Fashion-MNIST (``(train, test)``, e.g. synthetic ones). ``log_every=N`` logs
+    every N-th step's loss.
+    ``steps_per_call=K`` runs K updates per compiled call (default: chosen per epoch length,
+    :func:`~jaxcnn.training.train_epoch`; the same updates as one by one).
     Raises :class:`CheckpointError` and :class:`~jaxcnn.training.NonFiniteError`.
     """
     if (resume or plot) and workdir is None:
         raise CheckpointError("resume and plot need a workdir")
-    ckpt = Checkpoints(workdir, keep) if workdir is not None else None
+    lock = WorkdirLock(workdir, notice=log) if workdir is not None else None
+    if lock is not None:
+        lock.acquire()
+    ckpt = None
     try:
+        ckpt = Checkpoints(workdir, keep) if workdir is not None else None
         latest = ckpt.latest_epoch() if ckpt else None
         if resume and latest is None:
             raise CheckpointError(f"nothing to resume: no checkpoint in {ckpt.directory}")
         if not resume and latest is not None:
             raise CheckpointError(f"{workdir} already holds checkpoints (latest epoch {latest}); "
                                   f"pass --resume to continue, or pick a new --workdir")
+        restored = meta = None
         if resume:
-            saved = TrainConfig.from_dict(ckpt.read_meta(latest)["config"])
-            problems = resume_conflicts(saved, config, latest)
+            restored, meta, damaged = ckpt.restore_newest_good(_template_of, log)
+            latest = meta["epoch"]
+            saved = TrainConfig.from_dict(meta["config"])
+            problems = resume_conflicts(saved, config, latest,
+                                        allow_optimizer_change=allow_optimizer_change)
             if problems:
                 raise CheckpointError(f"cannot resume {workdir} with these settings:\n  "
                                       + "\n  ".join(problems))
+            if damaged:
+                aside = ckpt.set_aside([d.epoch for d in damaged])
+                if log:
+                    log(f"moved the damaged checkpoint(s) of epoch "
+                        f"{', '.join(str(d.epoch) for d in damaged)} to {aside}")
 
+        sizes = ((len(datasets[0]), len(datasets[1])) if datasets is not None else
+                 split_sizes(config.limit_train, config.limit_test))
+        precompile(config, *sizes, steps_per_call)  # compiles while the data loads
         train_ds, test_ds = datasets or DeviceDataset.splits(load_splits(
             data_dir, limit_train=config.limit_train, limit_test=config.limit_test))
         steps_per_epoch = num_batches(len(train_ds), config.batch_size)
         model, state = init_state(config, steps_per_epoch)
         history: list[EpochStats] = []
         if resume:
-            state, meta = ckpt.restore(state, latest)
             if meta.get("steps_per_epoch", steps_per_epoch) != steps_per_epoch:
                 raise CheckpointError(f"the checkpoint had {meta['steps_per_epoch']} steps per "
                                       f"epoch, this data gives {steps_per_epoch}")
+            state = _continue_with(restored, state, log)
             history = [EpochStats(**h) for h in meta["history"]]
             write_metrics(workdir, history)
             if log:
@@ -140,6 +233,8 @@ def train(config: TrainConfig, workdir: str | os.PathLike[str] | None = None, *,
     finally:
         if ckpt is not None:
             ckpt.close()
+        if lock is not None:
+            lock.release()
     if plot and history:
         path = plot_history(history, Path(workdir) / PLOT_FILE, title=config.model)
         if log:

@@ -12,6 +12,8 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+from . import _programs
+
 
 class TrainState(struct.PyTreeNode):
     """Everything that changes during training (like flax ``examples/imagenet``).
@@ -57,7 +59,7 @@ def create_train_state(model: nn.Module, key: jax.Array, input_shape: tuple[int,
     init from the layers) and ``optimizer.init(params)``; ``key`` is split into the init key
     and the dropout key. ``input_shape`` is NHWC, e.g. ``(1, 28, 28, 1)``."""
     init_key, dropout_key = jax.random.split(key)
-    variables = _jitted_init(model)(init_key, jnp.zeros(input_shape, jnp.float32))
+    variables = _programs.call(_jitted_init(model), init_key, jnp.zeros(input_shape, jnp.float32))
     params = variables["params"]
     return TrainState(
         step=jnp.zeros((), jnp.int32),
@@ -68,3 +70,20 @@ def create_train_state(model: nn.Module, key: jax.Array, input_shape: tuple[int,
         apply_fn=model.apply,
         tx=optimizer,
     )
+
+
+def abstract_train_state(model: nn.Module, input_shape: tuple[int, ...],
+                         optimizer: optax.GradientTransformation) -> TrainState:
+    """The :class:`TrainState` of :func:`create_train_state` as shapes
+    (``jax.ShapeDtypeStruct`` leaves), computed without running or compiling anything; starts
+    compiling the init program in the background (:func:`~._programs.precompile`)."""
+    key = jax.ShapeDtypeStruct((2,), jnp.uint32)
+    x = jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32)
+    init = _jitted_init(model)
+    _programs.precompile(init, key, x)
+    variables = jax.eval_shape(init, key, x)
+    params = variables["params"]
+    return TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params,
+                      batch_stats=variables.get("batch_stats", {}),
+                      opt_state=jax.eval_shape(optimizer.init, params), dropout_key=key,
+                      apply_fn=model.apply, tx=optimizer)

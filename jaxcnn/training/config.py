@@ -117,15 +117,23 @@ PRESETS: dict[str, tuple[TrainConfig, str]] = {
     "alexnet": (_book("alexnet", 224, 128, 0.001), "5.6 AlexNet"),
     "vgg11_small": (_book("vgg11", 224, 64, 0.001, ratio=8), "5.7 VGG-11, ratio 8"),
     "nin": (_book("nin", 224, 128, 0.002), "5.8 NiN"),
+    "googlenet": (_book("googlenet", 96, 128, 0.001), "5.9 GoogLeNet"),
+    "resnet18": (_book("resnet18", 96, 256, 0.001), "5.11 ResNet-18"),
+    "densenet": (_book("densenet", 96, 256, 0.001), "5.12 DenseNet"),
 }
 
 
-def resume_conflicts(saved: TrainConfig, requested: TrainConfig, done_epochs: int) -> list[str]:
+def resume_conflicts(saved: TrainConfig, requested: TrainConfig, done_epochs: int, *,
+                     allow_optimizer_change: bool = False) -> list[str]:
     """Why ``requested`` cannot continue a run trained with ``saved`` for ``done_epochs``
-    (empty if it can). Only ``epochs`` may change: grow, and not under a cosine schedule."""
+    (empty if it can). Only ``epochs`` may change: grow, and not under a cosine schedule; with
+    ``allow_optimizer_change`` the optimizer and its schedule may change too (e.g. a lower
+    learning rate after a divergence). Model and data settings never may."""
     problems = []
     a, b = saved.to_dict(), requested.to_dict()
     for key in a:
+        if allow_optimizer_change and key == "optimizer":
+            continue
         if key != "epochs" and a[key] != b[key]:
             if isinstance(a[key], dict):
                 for sub in sorted(set(a[key]) | set(b[key])):
@@ -137,7 +145,8 @@ def resume_conflicts(saved: TrainConfig, requested: TrainConfig, done_epochs: in
     if requested.epochs < done_epochs:
         problems.append(f"epochs: the checkpoint already has {done_epochs} epochs, requested "
                         f"{requested.epochs}")
-    elif requested.epochs != saved.epochs and saved.optimizer.schedule == "cosine":
+    elif (requested.epochs != saved.epochs and saved.optimizer.schedule == "cosine"
+          and not allow_optimizer_change):
         problems.append(f"epochs: the cosine schedule was built for {saved.epochs} epochs "
                         f"(T_max), requested {requested.epochs}")
     return problems

@@ -63,7 +63,8 @@ def update(state: TrainState, images: jax.Array, labels: jax.Array, resize: int 
         "loss": loss,
         "correct": jnp.sum(jnp.argmax(logits, axis=1) == labels).astype(jnp.int32),
         "count": jnp.asarray(labels.shape[0], jnp.int32),
-        "finite": jnp.isfinite(loss) & all_finite(params),
+        # everything a checkpoint saves: parameters, BatchNorm statistics, optimizer state
+        "finite": jnp.isfinite(loss) & all_finite((params, batch_stats, opt_state)),
     }
     return new_state, metrics
 
@@ -85,8 +86,9 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, *,
 
     Returns:
       ``(new_state, metrics)``; metrics: ``loss`` (mean cross-entropy, float32), ``correct``
-      (int32, ``argmax(logits, 1) == y``), ``count`` (B) and ``finite`` (the loss and the new
-      parameters are all finite).
+      (int32, ``argmax(logits, 1) == y``), ``count`` (B) and ``finite`` (the loss and the whole
+      new state that a checkpoint saves, parameters, BatchNorm statistics and optimizer state,
+      are all finite).
     """
     return update(state, images, labels, resize, precision)
 
@@ -99,6 +101,26 @@ def count_correct(apply_fn: Callable[..., Any], variables: Any, images: jax.Arra
     eval mode; jitted with the model's ``apply`` static (one compilation per shape)."""
     logits = apply_fn(variables, inputs(images, resize, precision), train=False)
     return jnp.sum(jnp.argmax(logits, axis=1) == labels).astype(jnp.int32)
+
+
+@partial(jax.jit, static_argnames=("apply_fn", "resize", "precision"))
+def count_correct_scan(variables: Any, images: jax.Array, labels: jax.Array,
+                       indices: jax.Array, valid: jax.Array, *,
+                       apply_fn: Callable[..., Any], resize: int | None = None,
+                       precision: str = "float32") -> jax.Array:
+    """Correct predictions (int32 scalar) over a whole dataset in one call: ``lax.scan`` over
+    index blocks ``indices`` int32 ``(K, B)`` into the uint8 ``images`` ``(N, 28, 28)``, counting
+    only where ``valid`` (bool ``(K, B)``) is set, so that the last block can be padded (eval
+    mode has no batch statistics: padding changes no other prediction)."""
+
+    def body(total: jax.Array, block: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, None]:
+        idx, ok = block
+        logits = apply_fn(variables, inputs(images[idx], resize, precision), train=False)
+        hits = (jnp.argmax(logits, axis=1) == labels[idx]) & ok
+        return total + jnp.sum(hits, dtype=jnp.int32), None
+
+    total, _ = lax.scan(body, jnp.zeros((), jnp.int32), (indices, valid))
+    return total
 
 
 def eval_step(state: TrainState, images: jax.Array, labels: jax.Array, *,
@@ -131,6 +153,17 @@ def train_scan(state: TrainState, images: jax.Array, labels: jax.Array, indices:
         return update(state, images[idx], labels[idx], resize, precision)
 
     return lax.scan(body, state, indices)
+
+
+def auto_steps_per_call(full_batches: int, target: int = 64) -> int:
+    """How many updates :func:`train_scan` runs per call by default: all full batches of an
+    epoch when there are at most ``target``, else the largest divisor of their number that is
+    at most ``target`` (so every call has the same shape: one program), or ``target`` when
+    the only such divisors are small (then the epoch's last call needs a second program)."""
+    if full_batches <= target:
+        return max(full_batches, 1)
+    best = max(d for d in range(1, target + 1) if full_batches % d == 0)
+    return best if best >= target // 4 else target
 
 
 def chunk_indices(order: np.ndarray, batch_size: int, steps_per_call: int

@@ -242,6 +242,20 @@ def register_bench(subparsers: Any) -> None:
                    help="then print where a training step's time goes: jaxcnn per layer (XLA "
                         "profiler), torch eager per operator")
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the report as JSON")
+    e2e_group = p.add_argument_group(
+        "whole processes (--e2e)",
+        "instead of the above: `jaxcnn train --preset P` (empty XLA program cache, then "
+        "warm) against `python -m torch_ref.train --preset P --loader L`, each a fresh "
+        "process timed from start to exit, back to back; the ratio is torch's wall time over "
+        "jaxcnn's")
+    e2e_group.add_argument("--e2e", action="store_true", help="run the whole-process comparison")
+    e2e_group.add_argument("--presets", nargs="+", default=["lenet", "lenet_bn"],
+                           choices=list(PRESETS), metavar="P",
+                           help="presets to run (default: lenet lenet_bn)")
+    e2e_group.add_argument("--loader", choices=("memory", "book"), default="memory",
+                           help="the torch loop's input pipeline (default: memory)")
+    e2e_group.add_argument("--epochs", type=positive_int, metavar="E",
+                           help="epochs of both runs (default: the preset's)")
     p.set_defaults(func=run_bench)
 
 
@@ -264,7 +278,28 @@ def set_xla_threads(threads: int) -> str | None:
     return None
 
 
+def _run_e2e(args: argparse.Namespace) -> int:
+    from .e2e import format_e2e, run_e2e
+
+    extra = [*(["--epochs", str(args.epochs)] if args.epochs else []),
+             *(["--limit-train", str(args.limit_train)] if args.limit_train else []),
+             *(["--limit-test", str(args.limit_test)] if args.limit_test else []),
+             *(["--data-dir", args.data_dir] if args.data_dir else [])]
+    report = run_e2e(args.presets, repeats=args.repeats, loader=args.loader, extra=extra,
+                     log=lambda line: print(line, file=sys.stderr, flush=True))
+    report["machine"] = bench.machine()
+    report["command"] = "jaxcnn bench " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["bench"]
+                                                   else sys.argv[1:])
+    print(format_e2e(report))
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
 def run_bench(args: argparse.Namespace) -> int:
+    if args.e2e:
+        return _run_e2e(args)
     threads = args.threads or default_threads()
     warning = set_xla_threads(threads)
     torch.set_num_threads(threads)

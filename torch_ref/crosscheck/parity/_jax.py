@@ -1,5 +1,6 @@
-"""The jaxcnn side of a parity run: every leaf layer's input and output, and optionally the
-cotangents there, from one jitted forward (or forward-and-backward)."""
+"""The jaxcnn side of a parity run: every module call's input and output in forward order
+(leaves, containers and graph modules such as an Inception), and optionally the cotangents
+there, from one jitted forward (or forward-and-backward)."""
 
 from __future__ import annotations
 
@@ -20,12 +21,15 @@ class JaxRun:
     """What :func:`run_jax` saw. Arrays are numpy, NHWC as jaxcnn computes them.
 
     Attributes:
-      acts: ``{torch name: (input, output)}`` of every leaf layer that ran.
+      acts: ``{torch name: (input, output)}`` of every module call that ran (the model itself
+        left out), in the order calls return; a module's second call is ``name#1``, etc.
       state: the updated ``batch_stats`` and the ``dropout_masks`` drawn (train mode).
       failure: ``(torch name, exception)`` if the forward raised (``acts`` then holds the layers
         before it).
       loss, param_grads, grads: with an objective, its value, the gradient tree of ``params``
-        and ``{torch name: (cotangent of the input, cotangent of the output)}``.
+        and ``{torch name: (cotangent of the input, cotangent of the output)}``: the output's
+        over all its uses, the input's for this call's use only (an Inception's input feeds four
+        paths; each path's first layer gets its own share).
     """
 
     acts: dict[str, tuple[np.ndarray, np.ndarray]]
@@ -41,32 +45,47 @@ def leaf_names(model: nn.Module) -> set[str]:
     return {n for n, m in named_modules(model) if n and not any(True for _ in named_children(m))}
 
 
+def call_key(name: str, seen: dict[str, int]) -> str:
+    """``name`` for a module's first call, ``name#k`` for its (k+1)-th; counts in ``seen``."""
+    k = seen.get(name, 0)
+    seen[name] = k + 1
+    return name if k == 0 else f"{name}#{k}"
+
+
+def base_name(key: str) -> str:
+    """The module name of a call key (``name#k`` -> ``name``)."""
+    return key.split("#", 1)[0]
+
+
 def run_jax(model: nn.Module, variables: Mapping[str, Any], x: Any, *, train: bool,
             key: jax.Array, objective: Callable[[jax.Array], jax.Array] | None = None
             ) -> JaxRun:
     """Run ``model`` on NHWC ``x`` (train mode: batch statistics, dropout masks from ``key``,
-    recorded), recording each leaf layer's input and output; with ``objective`` (model output
-    -> scalar) also its gradients, through a zero perturbation added to each leaf's input and
-    output. Shapes are traced first: a forward that raises is re-run eagerly so that the layers
-    before the failure keep their values."""
-    leaves = leaf_names(model)
+    recorded), recording each module call's input and output; with ``objective`` (model output
+    -> scalar) also its gradients, through a zero perturbation added to each call's input (this
+    call's use only) and output (every use). Shapes are traced first: a forward that raises is
+    re-run eagerly so that the layers before the failure keep their values."""
     failure: list[tuple[str, BaseException]] = []
 
     def forward(params: Any, deltas: Any, acts: dict[str, Any]) -> tuple[Any, dict]:
+        seen: dict[str, int] = {}
+
         def hook(name: str, module: nn.Module, args: tuple, kwargs: dict, call: Any) -> Any:
+            if not name:  # the model itself
+                return call(*args, **kwargs)
+            key = call_key(name, seen)
             xin = args[0]
-            if deltas is not None and name in deltas:
-                xin = xin + deltas[name][0]
+            if deltas is not None and key in deltas:
+                xin = xin + deltas[key][0]
             try:
                 out = call(xin, *args[1:], **kwargs)
             except Exception as e:
                 if not failure:
                     failure.append((name, e))
                 raise
-            if deltas is not None and name in deltas:
-                out = out + deltas[name][1]
-            if name in leaves:
-                acts[name] = (xin, out)
+            if deltas is not None and key in deltas:
+                out = out + deltas[key][1]
+            acts[key] = (xin, out)
             return out
 
         v = {**variables, "params": params}
@@ -127,16 +146,17 @@ def _subtree(tree: Mapping[str, Any] | None, path: tuple[str, ...]) -> Any:
 def local_vjps(model: nn.Module, variables: Mapping[str, Any], masks: Mapping[str, Any] | None,
                train: bool, inputs: Mapping[str, np.ndarray],
                cotangents: Mapping[str, np.ndarray]) -> dict[str, tuple[np.ndarray, Any]]:
-    """Each named leaf layer alone, on the given input (NHWC), pulled back from the given output
-    cotangent: ``{name: (cotangent of the input, gradient tree of the layer's params)}``.
+    """Each named layer (a leaf or a graph module) alone, on the given input (NHWC), pulled
+    back from the given output cotangent: ``{name: (cotangent of the input, gradient tree of
+    the layer's params)}``.
 
     Fed torch's input and cotangent, this checks every layer's own backward independently of
     what happened before or after it (one jitted function for all of them)."""
-    leaves = {name: get_module(model, name) for name in inputs}
+    leaves = {name: get_module(model, base_name(name)) for name in inputs}
     fixed: dict[str, dict[str, Any]] = {}
     params: dict[str, Any] = {}
     for name in leaves:
-        path = tuple(name.split("."))
+        path = tuple(base_name(name).split("."))
         fixed[name] = {col: sub for col, tree in (("batch_stats", variables.get("batch_stats")),
                                                    ("dropout_masks", masks))
                        if (sub := _subtree(tree, path)) is not None}

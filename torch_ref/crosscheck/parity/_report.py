@@ -26,6 +26,11 @@ DRIFT_NOTE = ("the end-to-end gradients differ from {where} back, yet every laye
               "kink (a ReLU input at 0, a max-pool near-tie) and the two frameworks took "
               "different sides of it; the parameter gradients inherit the difference")
 
+GRAPH_NOTE = ("graph rows: an Inception, Residual or DenseBlock row is the module's output (the "
+              "concat; relu(Y + X), the residual sum; the last concat); name[pK] is Inception path "
+              "K's output (its channels of the concat), name[catK] a DenseBlock's K-th concat")
+GRAPH_TYPES = ("Inception", "Residual", "DenseBlock", "path", "concat")
+
 
 @dataclasses.dataclass(frozen=True)
 class Diff:
@@ -257,6 +262,8 @@ class ParityReport:
                 lines.append("  local bwd: the layer alone on torch's input and output cotangent "
                              "(input cotangent, params)")
             lines += self._table()
+        if any(r.type in GRAPH_TYPES for r in self.rows):
+            lines += textwrap.wrap(GRAPH_NOTE, 100, subsequent_indent="  ")
         if any(r.status == "tie" for r in self.rows):
             lines += textwrap.wrap(f"tie: {TIE_NOTE}", 100, subsequent_indent="  ")
         drift = self.drift_from

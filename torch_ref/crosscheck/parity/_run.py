@@ -27,13 +27,13 @@ from jaxcnn.inspect import torch_type
 from jaxcnn.models import build_model
 from jaxcnn.registry import get_spec, make_config
 from jaxcnn.testing import DEFAULT_RTOL
-from jaxcnn.traversal import get_path, named_modules, torch_variables
+from jaxcnn.traversal import get_path, named_children, named_modules, torch_variables
 
-from ..._summary import record_calls
 from ...dropout import fixed_dropout_masks
 from ...models import build_model as build_torch_model
 from ._config import compare_configs
-from ._jax import JaxRun, local_vjps, run_jax
+from ._graph import Merge, Start, compare_merge, is_row_module, plan_rows, record_graph
+from ._jax import JaxRun, base_name, local_vjps, run_jax
 from ._report import LayerRow, ParityReport, compare, explained_by_ties, worst
 
 
@@ -185,7 +185,7 @@ def _compare(report: ParityReport, tm: Any, jm: nn.Module,
         msg = str(exc).splitlines()[0] if str(exc) else ""
         report.error = f"jaxcnn raised in {where or '<model>'}: {type(exc).__name__}: {msg}"
 
-    # torch: same mode, jaxcnn's dropout masks, hooks on every leaf module
+    # torch: same mode, jaxcnn's dropout masks, hooks on every module
     tm.train(train)
     tmods = dict(tm.named_modules())
     masks = dropout_masks_to_torch(jm, run.state.get("dropout_masks", {})) if train else {}
@@ -195,8 +195,7 @@ def _compare(report: ParityReport, tm: Any, jm: nn.Module,
             m.eval()
     xt = torch.from_numpy(x).to(device).requires_grad_(grad)
     drop = fixed_dropout_masks(tm, masks) if train else contextlib.nullcontext()
-    with drop, record_calls(tm, leaves_only=True, retain_grad=grad) as calls, \
-            torch.set_grad_enabled(grad):
+    with drop, record_graph(tm, grad=grad) as events, torch.set_grad_enabled(grad):
         out_t = tm(xt)
     if grad:
         if classifier:
@@ -217,15 +216,22 @@ def _compare(report: ParityReport, tm: Any, jm: nn.Module,
                    rtol)
     if grad:
         ctx.t_grads = {k: p.grad for k, p in tm.named_parameters()}
+    plan = plan_rows(events, tmods)
+    calls = [r for r in plan if not isinstance(r, Merge)]
+    if grad:
         ctx.local = _local(report, jm, variables, run, calls, train)
-    for c in calls:
-        report.rows.append(compare_row(c, ctx))
+    starts = {e.name: e for e in events if isinstance(e, Start)}
+    by_key = {e.name: e for e in events if not isinstance(e, Start)}
+    for r in plan:
+        report.rows.append(compare_merge(r, starts, by_key, ctx) if isinstance(r, Merge)
+                           else compare_row(r, ctx))
 
-    # leaves that only jaxcnn ran (a different module tree)
+    # layers that only jaxcnn ran (a different module tree)
     seen = {c.name for c in calls}
     for n, (_, out) in run.acts.items():
-        if n not in seen:
-            report.rows.append(LayerRow(n, torch_type(ctx.jmods[n]), None,
+        jmod = ctx.jmods[base_name(n)]
+        if n not in seen and is_row_module(torch_type(jmod), _has_children(jmod)):
+            report.rows.append(LayerRow(n, torch_type(jmod), None,
                                         tuple(_nchw(out).shape), status="missing",
                                         note="not run by torch"))
     if run.param_grads is not None:
@@ -233,6 +239,10 @@ def _compare(report: ParityReport, tm: Any, jm: nn.Module,
             if var.collection == "params" and key in ctx.t_grads:
                 g = var.to_torch(np.asarray(get_path({"params": run.param_grads}, path)))
                 report.param_grads[key] = compare(g, _grad(ctx.t_grads[key], g), rtol)
+
+
+def _has_children(m: nn.Module) -> bool:
+    return next(iter(named_children(m)), None) is not None
 
 
 def _nhwc(a: np.ndarray) -> np.ndarray:
@@ -262,12 +272,17 @@ class RowContext:
 
 def _local(report: ParityReport, jm: nn.Module, variables: Mapping[str, Any], run: JaxRun,
            calls: list[Any], train: bool) -> dict[str, tuple[np.ndarray, Any]]:
-    """jaxcnn's backward of every leaf alone, fed torch's input and output cotangent."""
+    """jaxcnn's backward of every leaf alone, fed torch's input and output cotangent. A graph
+    module gets none: its backward is its layers' (each checked here) and parameter-free merges
+    (sum, concat, ReLU) that JAX differentiates; run whole, it would recompute its inner values,
+    and a ReLU input within rounding of 0 could take the other side than torch's (drift)."""
     if run.grads is None:
         return {}
     inputs, cots = {}, {}
     for c in calls:
-        if c.name in run.acts and _nchw(run.acts[c.name][1]).shape == tuple(c.output.shape):
+        leaf = next(c.module.children(), None) is None
+        if leaf and c.name in run.acts and \
+                _nchw(run.acts[c.name][1]).shape == tuple(c.output.shape):
             t_out = _np(c.output)
             inputs[c.name] = _nhwc(_np(c.input))
             cots[c.name] = _nhwc(_grad(c.output.grad, t_out))
@@ -296,6 +311,7 @@ def compare_row(c: Any, ctx: RowContext) -> LayerRow:
         row.status, row.note = "shape", f"jaxcnn gives {row.jax_shape}"
         return row
     failed = not row.activation.ok
+    jmod = ctx.jmods[base_name(c.name)]
     if ctx.train:
         keys = [f"{c.name}.{b}" for b, _ in c.module.named_buffers(recurse=False)]
         row.buffers = worst([compare(_like(ctx.new_buffers[k], ctx.t_state[k]),
@@ -312,17 +328,18 @@ def compare_row(c: Any, ctx: RowContext) -> LayerRow:
             gx, gp = ctx.local[c.name]
             d_in = compare(_nchw(gx), gi_t, rtol)
             d_params = []
-            for var in ctx.jmods[c.name].torch_variables():
-                if var.collection == "params" and var.name in gp:
-                    g = var.to_torch(np.asarray(gp[var.name]))
-                    d_params.append(compare(g, _grad(ctx.t_grads.get(f"{c.name}.{var.torch_name}"),
-                                                     g), rtol))
+            for key, path, var in torch_variables(jmod):  # the layer's, or the graph's
+                with contextlib.suppress(KeyError):
+                    if var.collection == "params":
+                        g = var.to_torch(np.asarray(get_path({"params": gp}, path)))
+                        t_key = f"{base_name(c.name)}.{key}"
+                        d_params.append(compare(g, _grad(ctx.t_grads.get(t_key), g), rtol))
             row.local = worst([d_in, *d_params])
             if not row.local.ok:
                 tie = (row.type == "MaxPool2d" and all(d.ok for d in d_params)
                        and explained_by_ties(t_in, t_in, gi_t, _nchw(gx), d_in.tol))
                 failed |= not tie
-        else:
+        elif next(c.module.children(), None) is None:
             failed = True
             row.note = "no per-layer backward"
     row.status = "over" if failed else "tie" if tie else "drift" if drift else "ok"

@@ -1,0 +1,90 @@
+"""Compiled programs, compiled ahead of use and concurrently.
+
+A run needs a handful of XLA programs (the state's init, the K-step training call, the partial
+last batch, the test pass). ``jax.jit`` compiles each on its first call, one after the other;
+here they are compiled from their shapes alone, in threads, as soon as the run knows them
+(before the data has loaded), so that on a multi-core CPU the compilations overlap each other
+and the data loading. The results are the same programs: :func:`call` runs the compiled
+executable of ``jitted.lower(*args, **static)``, which is what ``jitted(*args, **static)`` runs.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import jax
+
+#: Compiled programs kept per process (least recently used first out).
+CACHE_SIZE = 64
+
+_lock = threading.Lock()
+_cache: OrderedDict[Hashable, Future] = OrderedDict()
+_pool: ThreadPoolExecutor | None = None
+
+
+def _spec(x: Any) -> Any:
+    if hasattr(x, "shape") and hasattr(x, "dtype"):  # arrays and jax.ShapeDtypeStruct
+        return (tuple(x.shape), str(x.dtype), bool(getattr(x, "weak_type", False)))
+    return ("py", type(x).__name__, x if isinstance(x, (int, float, bool, str)) else id(x))
+
+
+def _key(jitted: Callable[..., Any], args: tuple[Any, ...], static: dict[str, Any]) -> Hashable:
+    leaves, treedef = jax.tree.flatten(args)
+    return (id(jitted), treedef, tuple(_spec(x) for x in leaves),
+            tuple(sorted(static.items())))
+
+
+def _executor() -> ThreadPoolExecutor:
+    global _pool
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="jaxcnn-compile")
+    return _pool
+
+
+def _abstract(x: Any) -> Any:
+    if isinstance(x, jax.ShapeDtypeStruct) or not hasattr(x, "dtype"):
+        return x
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, weak_type=getattr(x, "weak_type", False))
+
+
+def _submit(jitted: Any, args: tuple[Any, ...], static: dict[str, Any],
+            background: bool) -> Future:
+    key = _key(jitted, args, static)
+    with _lock:
+        fut = _cache.get(key)
+        if fut is not None:
+            _cache.move_to_end(key)
+            return fut
+        abstract = jax.tree.map(_abstract, args)
+
+        def compile_() -> Any:
+            return jitted.lower(*abstract, **static).compile()
+
+        fut = _executor().submit(compile_) if background else Future()
+        _cache[key] = fut
+        while len(_cache) > CACHE_SIZE:
+            _cache.popitem(last=False)
+    if not background:
+        try:
+            fut.set_result(compile_())
+        except BaseException as e:
+            fut.set_exception(e)
+    return fut
+
+
+def precompile(jitted: Any, *args: Any, **static: Any) -> None:
+    """Start compiling ``jitted`` for arguments shaped like ``args`` (arrays or
+    ``jax.ShapeDtypeStruct``s; ``static``: its static keyword arguments) in a background
+    thread; :func:`call` with such arguments then uses (or waits for) that program."""
+    _submit(jitted, args, static, background=True)
+
+
+def call(jitted: Any, *args: Any, **static: Any) -> Any:
+    """``jitted(*args, **static)``, run as the compiled program of :func:`precompile` (compiled
+    now if nobody asked for it yet). A compilation error is raised here, as jit would."""
+    program = _submit(jitted, args, static, background=False).result()
+    return program(*args)

@@ -1,0 +1,180 @@
+"""The fast default execution: the allocator set-up, programs compiled ahead and concurrently,
+several updates per call chosen by default, and the test pass in one call; each gives the
+numbers of the plain path it replaces."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import jaxcnn
+from jaxcnn import runtime
+from jaxcnn.data import DeviceDataset, split_sizes
+from jaxcnn.training import (
+    TrainConfig,
+    _programs,
+    auto_steps_per_call,
+    count_correct_scan,
+    create_train_state,
+    evaluate_accuracy,
+    precompile,
+    train,
+    train_epoch,
+    train_step,
+)
+from jaxcnn.training._loop import eval_blocks
+
+
+@pytest.mark.parametrize("full, expected", [
+    (0, 1), (1, 1), (16, 16), (64, 64),   # a whole epoch per call up to 64 batches
+    (234, 39),                            # Fashion-MNIST at 256: 6 calls of 39
+    (100, 50), (128, 64),                 # largest divisor <= 64
+    (67, 64),                             # prime: 64 then a call of 3
+    (3 * 67, 64),                         # only small divisors (3): 64-blocks
+])
+def test_auto_steps_per_call(full, expected):
+    assert auto_steps_per_call(full) == expected
+
+
+def test_split_sizes_follow_the_limits():
+    assert split_sizes() == (60_000, 10_000)
+    assert split_sizes(4096, 1000) == (4096, 1000)
+    assert split_sizes(10**9, None) == (60_000, 10_000)
+
+
+def test_eval_blocks_pad_and_mask():
+    idx, valid = eval_blocks(10, 4)
+    assert idx.shape == valid.shape == (3, 4)
+    assert idx.ravel()[:10].tolist() == list(range(10)) and idx.ravel()[10:].tolist() == [0, 0]
+    assert valid.sum() == 10 and not valid.ravel()[10:].any()
+
+
+def test_tune_allocator(monkeypatch):
+    monkeypatch.setattr(runtime, "_configured", {})
+    monkeypatch.setenv("JAXCNN_TUNE_MALLOC", "0")
+    assert runtime.tune_allocator() is False
+    monkeypatch.setenv("JAXCNN_TUNE_MALLOC", "1")
+    assert runtime.tune_allocator() is sys.platform.startswith("linux")
+
+
+def test_tuned_allocator_stops_the_per_step_page_faults():
+    """What XLA's CPU runtime does each step: malloc a 40 MiB temporary buffer, write it,
+    free it. With glibc's default thresholds each round maps fresh pages (10,240 page faults
+    a round); with :func:`runtime.tune_allocator` the block is reused."""
+    code = """
+import ctypes, ctypes.util, resource, sys
+from jaxcnn import runtime
+if sys.argv[1] == "1":
+    assert runtime.tune_allocator()
+libc = ctypes.CDLL(ctypes.util.find_library("c"))
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = (ctypes.c_void_p,)
+size = 40 << 20
+def step():
+    p = libc.malloc(size); ctypes.memset(p, 1, size); libc.free(p)
+step()
+f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(20):
+    step()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+"""
+    faults = {mode: int(subprocess.run([sys.executable, "-c", code, mode], check=True,
+                                       capture_output=True, text=True).stdout)
+              for mode in ("0", "1")}
+    assert faults["0"] > 20 * 5_000
+    assert faults["1"] < faults["0"] / 20
+
+
+@pytest.fixture(scope="module")
+def small_data():
+    rng = np.random.default_rng(0)
+    train_ds = DeviceDataset.from_arrays(rng.integers(0, 256, (700, 28, 28), dtype=np.uint8),
+                                         rng.integers(0, 10, 700))
+    test_ds = DeviceDataset.from_arrays(rng.integers(0, 256, (300, 28, 28), dtype=np.uint8),
+                                        rng.integers(0, 10, 300))
+    return train_ds, test_ds
+
+
+def test_precompiled_program_is_the_jitted_one(small_data):
+    model = jaxcnn.create_model("lenet_bn")
+    state = create_train_state(model, jax.random.PRNGKey(0), (1, 28, 28, 1), optax.adam(1e-3))
+    x, y = small_data[0].images[:64], small_data[0].labels[:64]
+    _programs.precompile(train_step, state, jax.ShapeDtypeStruct(x.shape, x.dtype),
+                         jax.ShapeDtypeStruct(y.shape, y.dtype), resize=None,
+                         precision="float32")
+    copy = jax.tree.map(jnp.copy, state)
+    a, ma = _programs.call(train_step, state, x, y, resize=None, precision="float32")
+    b, mb = train_step(copy, x, y)
+    for u, v in zip(jax.tree.leaves((a, ma)), jax.tree.leaves((b, mb)), strict=True):
+        np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
+
+
+def test_one_call_test_pass_counts_as_batch_by_batch(small_data):
+    model = jaxcnn.create_model("lenet")
+    state = create_train_state(model, jax.random.PRNGKey(1), (1, 28, 28, 1), optax.sgd(0.1))
+    test_ds = small_data[1]
+    fast = evaluate_accuracy(model, state.variables, test_ds, 128)
+
+    class Batches:  # the same data, not on the device as arrays: the per-batch path
+        def __len__(self):
+            return len(test_ds)
+
+        def batches(self, batch_size, *, shuffle, seed=0, epoch=0):
+            return test_ds.batches(batch_size, shuffle=shuffle, seed=seed, epoch=epoch)
+
+    assert fast == evaluate_accuracy(model, state.variables, Batches(), 128)
+    idx, valid = eval_blocks(len(test_ds), 128)
+    logits = model.apply(state.variables, test_ds.images[:, :, :, None] / 255.0)
+    expected = int(jnp.sum(jnp.argmax(logits, 1) == test_ds.labels))
+    assert int(count_correct_scan(state.variables, test_ds.images, test_ds.labels,
+                                  jnp.asarray(idx), jnp.asarray(valid),
+                                  apply_fn=model.apply)) == expected
+
+
+@pytest.mark.parametrize("name", ["lenet", "lenet_bn"])
+def test_default_epoch_trains_as_one_step_per_call(small_data, name):
+    """The default (several updates per call, the partial last batch as one more call) gives
+    the metrics and weights of one train_step per batch, to float32 rounding. (Plain SGD: Adam
+    would turn the rounding noise of the biases right before a BatchNorm, whose gradient is
+    zero in exact arithmetic, into full-size steps.)"""
+    model = jaxcnn.create_model(name)
+    results = {}
+    for k in (None, 1):
+        state = create_train_state(model, jax.random.PRNGKey(0), (1, 28, 28, 1),
+                                   optax.sgd(0.1))
+        state, stats = train_epoch(state, small_data[0], batch_size=128, epoch=1,
+                                   steps_per_call=k, progress=False)
+        results[k] = (state, stats)
+    (a, sa), (b, sb) = results[None], results[1]
+    assert int(a.step) == int(b.step) == 6
+    assert sa["train_acc"] == sb["train_acc"] and sa["loss"] == pytest.approx(sb["loss"], 1e-5)
+    for u, v in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params), strict=True):
+        np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=0, atol=1e-5)
+
+
+def test_run_precompiles_every_program_it_uses(small_data, monkeypatch):
+    """After :func:`precompile`, a whole run compiles nothing more of its own: every program
+    it calls was asked for ahead (by shape), so it could compile while the data loaded."""
+    config = TrainConfig(model="lenet_bn", batch_size=128, epochs=2,
+                         optimizer=jaxcnn.training.OptimizerConfig(name="adam", lr=1e-3))
+    precompile(config, len(small_data[0]), len(small_data[1]))
+    asked = set(_programs._cache)
+    compiled_later = []
+    real = _programs._submit
+
+    def spy(jitted, args, static, background):
+        key = _programs._key(jitted, args, static)
+        if key not in asked:
+            compiled_later.append(getattr(jitted, "__name__", repr(jitted)))
+        return real(jitted, args, static, background)
+
+    monkeypatch.setattr(_programs, "_submit", spy)
+    result = train(config, datasets=small_data, log=None, progress=False)
+    assert len(result.history) == 2
+    assert compiled_later == []
