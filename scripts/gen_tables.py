@@ -7,6 +7,8 @@ reports the blocks that differ (``tests/test_docs_tables.py`` runs it). Tables:
 - ``compare``: the paired full-data runs of ``docs/compare/*.json`` (``kind == "paired"``, no
   ``limit_train``): final test accuracy of each side, the max parameter difference after each
   epoch and the largest per-epoch mean-loss difference.
+- ``e2e``: ``docs/bench/e2e-cpu.json`` (``jaxcnn bench --e2e --json``), rendered by the bench's
+  own ``torch_ref.crosscheck.e2e.format_e2e``.
 """
 
 from __future__ import annotations
@@ -40,7 +42,14 @@ def compare_table(root: Path = ROOT) -> str:
     return "\n".join(rows) + "\n"
 
 
-TABLES = {"compare": compare_table}
+def e2e_table(root: Path = ROOT) -> str:
+    from torch_ref.crosscheck.e2e import format_e2e
+
+    report = json.loads((root / "docs" / "bench" / "e2e-cpu.json").read_text())
+    return format_e2e(report) + "\n"
+
+
+TABLES = {"compare": compare_table, "e2e": e2e_table}
 FILES = ("README.md", "docs/compare.md", "docs/bench.md")
 
 

@@ -329,8 +329,11 @@ def test_export_file_mode_and_missing_directory(run2, tmp_path, capsys):
 
 
 def _sigint_after(env, args, wait_for, timeout=240):
+    # As from a terminal: SIGINT at its default disposition, even when this test runs in a
+    # background job (which a non-interactive shell starts with SIGINT ignored, inherited).
     proc = subprocess.Popen([sys.executable, "-m", "jaxcnn", *args], env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         if wait_for is None:
             time.sleep(0.5)  # still importing

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import time
 from pathlib import Path
@@ -116,6 +117,21 @@ def register(subparsers: Any) -> None:
                           "batches of an epoch up to 64, else the largest divisor of their "
                           "number up to 64; 1: one call per batch)")
     add_config_options(how, ["seed", "limit_train", "limit_test"])
+    where = p.add_argument_group(
+        "devices and hosts (data parallel: README 'Several devices and hosts')")
+    where.add_argument("--devices", type=positive_int, default=None, metavar="N",
+                       help="train on N devices, each batch split over them (default: all "
+                            "local devices; CPU: JAX_NUM_CPU_DEVICES=N gives N virtual ones); "
+                            "the batch size must divide by N")
+    where.add_argument("--coordinator", metavar="HOST:PORT",
+                       help="multi-process run: process 0's address (jax.distributed; default "
+                            "$JAX_COORDINATOR_ADDRESS, or auto-detected under SLURM)")
+    where.add_argument("--num-processes", type=positive_int, default=None, metavar="P",
+                       help="multi-process run: the number of processes")
+    where.add_argument("--process-id", type=non_negative_int, default=None, metavar="I",
+                       help="multi-process run: this process's index, 0 .. P-1")
+    where.add_argument("--coordinator-timeout", type=positive_int, default=60, metavar="SEC",
+                       help="seconds to wait for all processes to join (default 60)")
     out = p.add_argument_group("where")
     out.add_argument("--workdir", type=Path, metavar="DIR",
                      help="checkpoints, metrics.jsonl, config.json (and curves.png) go here")
@@ -150,11 +166,26 @@ def _overrides(cfg: Any) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .. import distributed
+
+    try:  # before anything starts JAX's backend (jax.distributed requires it)
+        distributed.initialize(args.coordinator, args.num_processes, args.process_id,
+                               timeout=args.coordinator_timeout)
+    except distributed.DistributedError as e:
+        args._parser.error(str(e))
     config = run_config(args._parser, args)
     runtime.configure()
+    try:
+        distributed.use_devices(args.devices)
+        distributed.check_batch_size(config.batch_size)
+    except distributed.DistributedError as e:
+        args._parser.error(str(e))
 
     from ..data import DataError, DeviceDataset, load_splits, split_sizes
     from ..training import CheckpointError, NonFiniteError, WorkdirLock, precompile, train
+
+    if not distributed.is_main_process():  # only process 0 prints (errors still go to stderr)
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the rest of the process)
 
     opt = config.optimizer
     extra = "".join(f" {k}={v}" for k, v in _overrides(config).items())
@@ -163,12 +194,13 @@ def run(args: argparse.Namespace) -> int:
     print(f"training {config.model}{extra} ({config.input_size}x{config.input_size}), batch "
           f"{config.batch_size}, {opt.name} lr {opt.lr:g} ({opt.schedule}), {config.epochs} "
           f"epochs, seed {config.seed}{limits}"
-          + ("" if config.precision == "float32" else f", {config.precision} mixed precision"),
-          flush=True)
+          + ("" if config.precision == "float32" else f", {config.precision} mixed precision")
+          + f", on {distributed.describe()}", flush=True)
     start = time.perf_counter()
     lock = None
     try:
-        if args.workdir is not None:  # before the data loads: a bad workdir fails at once
+        if args.workdir is not None and distributed.is_main_process():
+            # before the data loads: a bad workdir fails at once
             lock = WorkdirLock(args.workdir).acquire()
         # Compile (in the background) while the data loads.
         precompile(config, *split_sizes(config.limit_train, config.limit_test),
@@ -177,7 +209,8 @@ def run(args: argparse.Namespace) -> int:
             args.data_dir, limit_train=config.limit_train, limit_test=config.limit_test,
             download=not args.no_download))
         result = train(config, args.workdir, resume=args.resume, keep=args.keep,
-                       plot=args.plot, log=lambda s: print(s, flush=True),
+                       plot=args.plot and distributed.is_main_process(),
+                       log=lambda s: print(s, flush=True),
                        log_every=args.log_every, datasets=datasets,
                        steps_per_call=args.steps_per_call,
                        allow_optimizer_change=args.change_optimizer)

@@ -66,12 +66,19 @@ class DeviceDataset:
 
     @classmethod
     def from_arrays(cls, images: np.ndarray | jax.Array, labels: np.ndarray | jax.Array):
-        """Copy uint8 images ``(N, H, W)`` and integer labels ``(N,)`` to the device."""
+        """Copy uint8 images ``(N, H, W)`` and integer labels ``(N,)`` to the device (to every
+        device of :mod:`jaxcnn.distributed`'s mesh, replicated, when there is one)."""
         images_np, labels_np = np.asarray(images), np.asarray(labels)
         if images_np.dtype != np.uint8:
             raise ValueError(f"images must be uint8, got {images_np.dtype}")
         if not np.issubdtype(labels_np.dtype, np.integer):
             raise ValueError(f"labels must be integers, got {labels_np.dtype}")
+        from .. import distributed
+
+        if distributed.mesh() is not None:
+            images_a, labels_a = distributed.put_replicated(
+                (images_np, labels_np.astype(np.int32)))
+            return cls(images_a, labels_a)
         return cls(jax.device_put(images_np), jax.device_put(labels_np.astype(np.int32)))
 
     def __len__(self) -> int:

@@ -15,10 +15,10 @@ from typing import Any, Protocol
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from .. import distributed
 from ..data import epoch_order, num_batches
 from . import _programs
 from ._state import TrainState
@@ -77,8 +77,9 @@ def _accuracy(apply_fn: Callable[..., Any], variables: Any, dataset: Dataset, ba
         total = int(np.sum(jax.device_get(counts), dtype=np.int64))
     else:  # the whole pass in one compiled call
         idx, valid = eval_blocks(len(dataset), batch_size)
-        total = int(_programs.call(count_correct_scan, variables, *arrays, jnp.asarray(idx),
-                                   jnp.asarray(valid), apply_fn=apply_fn, resize=resize,
+        total = int(_programs.call(count_correct_scan, variables, *arrays,
+                                   distributed.put_batch(idx), distributed.put_batch(valid),
+                                   apply_fn=apply_fn, resize=resize,
                                    precision=precision))
     return total / len(dataset)
 
@@ -146,7 +147,8 @@ def train_epoch(state: TrainState, dataset: Dataset, *, batch_size: int, epoch: 
     order and with the same updates as one by one; the partial last batch is one more call,
     and host syncs happen once per call. ``steps_per_call=1`` runs one
     :func:`~jaxcnn.training.train_step` per batch (any dataset: :meth:`Dataset.batches`).
-    ``precision``: see :func:`train_step`.
+    ``precision``: see :func:`train_step`. On several devices (:mod:`jaxcnn.distributed`)
+    every index block is sharded along the batch, also with ``steps_per_call=1``.
     """
     n = len(dataset)
     nbatch = num_batches(n, batch_size)
@@ -207,8 +209,9 @@ def _calls(dataset: Dataset, batch_size: int, seed: int, epoch: int, steps_per_c
            ) -> Iterator[tuple[jax.Array, ...]]:
     """The epoch's work: ``(images, labels)`` batches for :func:`train_step`, or, with
     ``steps_per_call > 1``, ``(images, labels, indices)`` blocks for ``train_scan`` then the
-    partial last batch, in :meth:`DeviceDataset.batches` order."""
-    if steps_per_call == 1:
+    partial last batch, in :meth:`DeviceDataset.batches` order. Blocks are placed by
+    :func:`jaxcnn.distributed.put_batch` (sharded along the batch on several devices)."""
+    if steps_per_call == 1 and (distributed.mesh() is None or _on_device(dataset) is None):
         yield from dataset.batches(batch_size, shuffle=True, seed=seed, epoch=epoch - 1)
         return
     arrays = _on_device(dataset)
@@ -218,10 +221,10 @@ def _calls(dataset: Dataset, batch_size: int, seed: int, epoch: int, steps_per_c
     n = len(dataset)
     order = epoch_order(seed, epoch - 1, n).astype(np.int32)
     for block in chunk_indices(order, batch_size, steps_per_call):
-        yield (*arrays, jnp.asarray(block))
+        yield (*arrays, distributed.put_batch(block))
     rest = order[n // batch_size * batch_size:]
     if len(rest):  # one more call of one update
-        yield (*arrays, jnp.asarray(rest[None]))
+        yield (*arrays, distributed.put_batch(rest[None]))
 
 
 def fit(state: TrainState, train_ds: Dataset, test_ds: Dataset, *, epochs: int,

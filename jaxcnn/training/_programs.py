@@ -6,6 +6,8 @@ here they are compiled from their shapes alone, in threads, as soon as the run k
 (before the data has loaded), so that on a multi-core CPU the compilations overlap each other
 and the data loading. The results are the same programs: :func:`call` runs the compiled
 executable of ``jitted.lower(*args, **static)``, which is what ``jitted(*args, **static)`` runs.
+Arguments spread over several devices (:mod:`jaxcnn.distributed`) are compiled for their
+sharding (``jax.ShapeDtypeStruct(..., sharding=...)``), which is part of the cache key.
 """
 
 from __future__ import annotations
@@ -26,9 +28,20 @@ _cache: OrderedDict[Hashable, Future] = OrderedDict()
 _pool: ThreadPoolExecutor | None = None
 
 
+def _placement(x: Any) -> Any:
+    """The part of an argument's sharding that selects a program: ``None`` on one device (or
+    unspecified), else the devices and whether/how the array is split."""
+    s = getattr(x, "sharding", None)
+    if s is None or len(s.device_set) == 1:
+        return None
+    devices = tuple(sorted(d.id for d in s.device_set))
+    return (devices, "replicated" if s.is_fully_replicated else str(getattr(s, "spec", s)))
+
+
 def _spec(x: Any) -> Any:
     if hasattr(x, "shape") and hasattr(x, "dtype"):  # arrays and jax.ShapeDtypeStruct
-        return (tuple(x.shape), str(x.dtype), bool(getattr(x, "weak_type", False)))
+        return (tuple(x.shape), str(x.dtype), bool(getattr(x, "weak_type", False)),
+                _placement(x))
     return ("py", type(x).__name__, x if isinstance(x, (int, float, bool, str)) else id(x))
 
 
@@ -48,7 +61,9 @@ def _executor() -> ThreadPoolExecutor:
 def _abstract(x: Any) -> Any:
     if isinstance(x, jax.ShapeDtypeStruct) or not hasattr(x, "dtype"):
         return x
-    return jax.ShapeDtypeStruct(x.shape, x.dtype, weak_type=getattr(x, "weak_type", False))
+    sharding = x.sharding if _placement(x) is not None else None
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, weak_type=getattr(x, "weak_type", False),
+                                sharding=sharding)
 
 
 def _submit(jitted: Any, args: tuple[Any, ...], static: dict[str, Any],

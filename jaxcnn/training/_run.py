@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from .. import distributed
 from ..data import DeviceDataset, load_splits, num_batches, split_sizes
 from ..models import build_model
 from . import _programs
@@ -60,9 +61,11 @@ def _model_tx_shape(config: TrainConfig, steps_per_epoch: int
 
 
 def init_state(config: TrainConfig, steps_per_epoch: int) -> tuple[nn.Module, TrainState]:
-    """The model of ``config`` and its fresh state (``PRNGKey(seed)``, torch-default init)."""
+    """The model of ``config`` and its fresh state (``PRNGKey(seed)``, torch-default init),
+    replicated over the devices of :mod:`jaxcnn.distributed` (the same values on every count)."""
     model, tx, shape = _model_tx_shape(config, steps_per_epoch)
-    return model, create_train_state(model, jax.random.PRNGKey(config.seed), shape, tx)
+    state = create_train_state(model, jax.random.PRNGKey(config.seed), shape, tx)
+    return model, distributed.put_replicated(state)
 
 
 def precompile(config: TrainConfig, train_size: int, test_size: int,
@@ -74,26 +77,30 @@ def precompile(config: TrainConfig, train_size: int, test_size: int,
     uses them (:mod:`jaxcnn.training._programs`). Only shapes are needed."""
     bs = config.batch_size
     model, tx, shape = _model_tx_shape(config, num_batches(train_size, bs))
-    state = abstract_train_state(model, shape, tx)
+    everywhere = distributed.replicated()
+    state = distributed.abstract(abstract_train_state(model, shape, tx), everywhere)
     static = {"resize": config.resize, "precision": config.precision}
 
     def data(n: int) -> tuple[jax.ShapeDtypeStruct, jax.ShapeDtypeStruct]:
-        return (jax.ShapeDtypeStruct((n, *image_shape), jnp.uint8),
-                jax.ShapeDtypeStruct((n,), jnp.int32))
+        return (jax.ShapeDtypeStruct((n, *image_shape), jnp.uint8, sharding=everywhere),
+                jax.ShapeDtypeStruct((n,), jnp.int32, sharding=everywhere))
+
+    def block(shape: tuple[int, int], dtype: Any = jnp.int32) -> jax.ShapeDtypeStruct:
+        return jax.ShapeDtypeStruct(shape, dtype, sharding=distributed.batch_sharding(shape))
 
     full, rest = divmod(train_size, bs)
     k = steps_per_call or auto_steps_per_call(full)
-    blocks = {k} if full >= k and k > 1 else set()
-    if k > 1 and full % k:
+    scan = k > 1 or distributed.mesh() is not None  # several devices: always train_scan
+    blocks = {k} if full >= k and scan else set()
+    if scan and full % k:
         blocks.add(full % k)
-    for rows, width in [*((b, bs) for b in blocks), *([(1, rest)] if rest and k > 1 else [])]:
-        _programs.precompile(train_scan, state, *data(train_size),
-                             jax.ShapeDtypeStruct((rows, width), jnp.int32), **static)
+    for rows, width in [*((b, bs) for b in blocks), *([(1, rest)] if rest and scan else [])]:
+        _programs.precompile(train_scan, state, *data(train_size), block((rows, width)),
+                             **static)
     idx, _ = eval_blocks(test_size, bs)
     _programs.precompile(count_correct_scan, variables_of(state.params, state.batch_stats),
-                         *data(test_size), jax.ShapeDtypeStruct(idx.shape, jnp.int32),
-                         jax.ShapeDtypeStruct(idx.shape, jnp.bool_), apply_fn=model.apply,
-                         **static)
+                         *data(test_size), block(idx.shape), block(idx.shape, jnp.bool_),
+                         apply_fn=model.apply, **static)
 
 
 def _template_of(meta: dict[str, Any]) -> TrainState:
@@ -162,7 +169,8 @@ def train(config: TrainConfig, workdir: str | os.PathLike[str] | None = None, *,
     """
     if (resume or plot) and workdir is None:
         raise CheckpointError("resume and plot need a workdir")
-    lock = WorkdirLock(workdir, notice=log) if workdir is not None else None
+    main = distributed.is_main_process()  # only process 0 locks and writes metrics/plots
+    lock = WorkdirLock(workdir, notice=log) if workdir is not None and main else None
     if lock is not None:
         lock.acquire()
     ckpt = None
@@ -190,6 +198,7 @@ def train(config: TrainConfig, workdir: str | os.PathLike[str] | None = None, *,
                     log(f"moved the damaged checkpoint(s) of epoch "
                         f"{', '.join(str(d.epoch) for d in damaged)} to {aside}")
 
+        distributed.check_batch_size(config.batch_size)
         sizes = ((len(datasets[0]), len(datasets[1])) if datasets is not None else
                  split_sizes(config.limit_train, config.limit_test))
         precompile(config, *sizes, steps_per_call)  # compiles while the data loads
@@ -202,12 +211,13 @@ def train(config: TrainConfig, workdir: str | os.PathLike[str] | None = None, *,
             if meta.get("steps_per_epoch", steps_per_epoch) != steps_per_epoch:
                 raise CheckpointError(f"the checkpoint had {meta['steps_per_epoch']} steps per "
                                       f"epoch, this data gives {steps_per_epoch}")
-            state = _continue_with(restored, state, log)
+            state = distributed.put_replicated(_continue_with(restored, state, log))
             history = [EpochStats(**h) for h in meta["history"]]
-            write_metrics(workdir, history)
+            if main:
+                write_metrics(workdir, history)
             if log:
                 log(f"resumed {workdir} at epoch {latest} (global step {int(state.step)})")
-        if workdir is not None:
+        if workdir is not None and main:
             Path(workdir).mkdir(parents=True, exist_ok=True)
             write_config(workdir, config)
 
@@ -215,8 +225,9 @@ def train(config: TrainConfig, workdir: str | os.PathLike[str] | None = None, *,
             if ckpt is None:
                 return
             ckpt.save(history[-1].epoch, state, history, config,
-                      extra={"steps_per_epoch": steps_per_epoch})
-            write_metrics(workdir, history)
+                      extra={"steps_per_epoch": steps_per_epoch})  # all processes (orbax)
+            if main:
+                write_metrics(workdir, history)
 
         def on_step(step: int, m: dict[str, float]) -> None:
             if log and log_every and step % log_every == 0:
@@ -235,7 +246,7 @@ def train(config: TrainConfig, workdir: str | os.PathLike[str] | None = None, *,
             ckpt.close()
         if lock is not None:
             lock.release()
-    if plot and history:
+    if plot and history and main:
         path = plot_history(history, Path(workdir) / PLOT_FILE, title=config.model)
         if log:
             log(f"curves: {path}")

@@ -54,7 +54,8 @@ from .compare import machine as compare_machine
 #: bench name -> the book's preset (model, config, batch size, resize, optimizer).
 SPECS: dict[str, str] = {"lenet": "lenet", "lenet_bn": "lenet_bn",
                          "lenet_bn_scratch": "lenet_bn_scratch", "alexnet": "alexnet",
-                         "vgg11": "vgg11_small", "nin": "nin"}
+                         "vgg11": "vgg11_small", "nin": "nin", "googlenet": "googlenet",
+                         "resnet18": "resnet18", "densenet": "densenet"}
 DEFAULT_MODELS = ("lenet", "lenet_bn", "alexnet", "vgg11", "nin")
 #: Default (steps per repeat) for 28x28 and for 224x224 models.
 DEFAULT_STEPS = {28: 20, 224: 1}
