@@ -82,18 +82,23 @@ def assert_close(actual: Any, expected: Any, what: str, rtol: float = DEFAULT_RT
 
 
 def referee_bound(jax_value: Any, torch32: Any, torch64: Any, tol: float,
-                  c: float = REFEREE_C) -> tuple[float, float]:
-    """``(max |jax - t64|, bound)`` with ``bound = max(c * max |t32 - t64|, tol)``."""
-    return max_abs_diff(jax_value, torch64), max(c * max_abs_diff(torch32, torch64), tol)
+                  c: float = REFEREE_C, reference: Any = None) -> tuple[float, float]:
+    """``(max |jax - reference|, bound)`` with ``bound = max(c * max |t32 - t64|, tol)``;
+    ``reference`` defaults to ``torch64``."""
+    ref = torch64 if reference is None else reference
+    return max_abs_diff(jax_value, ref), max(c * max_abs_diff(torch32, torch64), tol)
 
 
 def assert_referee(jax_value: Any, torch32: Any, torch64: Any, what: str, tol: float,
-                   c: float = REFEREE_C) -> tuple[float, float]:
-    """Assert ``max |jax - t64| <= max(c * max |t32 - t64|, tol)``; returns ``(diff, bound)``."""
-    diff, bound = referee_bound(jax_value, torch32, torch64, tol, c)
+                   c: float = REFEREE_C, reference: Any = None) -> tuple[float, float]:
+    """Assert ``max |jax - reference| <= max(c * max |t32 - t64|, tol)`` (``reference``:
+    ``torch64`` unless given, e.g. a float64 value on float32's branches); returns
+    ``(diff, bound)``."""
+    diff, bound = referee_bound(jax_value, torch32, torch64, tol, c, reference)
     if not np.isfinite(diff) or diff > bound:
         gap = max_abs_diff(torch32, torch64)
+        ref = "torch64" if reference is None else "float64 referee"
         raise AssertionError(
-            f"{what}: max |jax - torch64| = {diff:.3e} > bound {bound:.3e} = max({c:g} x "
+            f"{what}: max |jax - {ref}| = {diff:.3e} > bound {bound:.3e} = max({c:g} x "
             f"max |torch32 - torch64| = {c:g} x {gap:.3e}, tolerance {tol:.3e})")
     return diff, bound

@@ -186,6 +186,11 @@ def jax_loss(case: Case, out: jax.Array, y: np.ndarray) -> jax.Array:
 DIFFS: dict[tuple[str, str], tuple[float, float]] = {}
 
 
+#: Branch flips of jaxcnn's float32 forward against its float64 one, per (case, check):
+#: ``(ReLU elements, max-pool windows)``; printed with ``DIFFS``.
+FLIPS: dict[tuple[str, str], tuple[int, int]] = {}
+
+
 def record(case_id: str, check: str, diff: float, tol: float) -> None:
     """Keep the largest ``diff / tol`` per (case, check) for the summary table."""
     old = DIFFS.get((case_id, check))

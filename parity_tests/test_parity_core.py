@@ -7,6 +7,7 @@ scale is each parameter's torch gradient.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -16,11 +17,19 @@ import torch
 
 import jaxcnn
 import torch_ref
-from jaxcnn.testing import DEFAULT_RTOL, assert_referee, grad_scales, tolerance
+from jaxcnn.testing import (
+    DEFAULT_RTOL,
+    assert_close,
+    assert_referee,
+    grad_scales,
+    tolerance,
+)
 
+from ._branches import EXACT_RTOL, float64_referee
 from ._cases import (
     BN_CASES,
     CASES,
+    FLIPS,
     Case,
     check_close,
     inputs,
@@ -60,49 +69,63 @@ def test_eval_outputs_match(case: Case) -> None:
 
 
 def check_gradients(case_id: str, grads_j: dict[str, Any], grads_32: dict[str, np.ndarray],
-                    grads_64: dict[str, np.ndarray], rtol: float = DEFAULT_RTOL) -> None:
-    """Every gradient against the float64 referee (``jaxcnn.testing.assert_referee``): each
-    tensor on its own scale (``grad_scales`` of the float64 gradients), and jaxcnn at most
-    ``REFEREE_C`` times further from float64 than torch float32 is."""
-    assert list(grads_j) == list(grads_32) == list(grads_64), \
+                    grads_64: dict[str, np.ndarray], grads_j64: dict[str, np.ndarray],
+                    same_branch: dict[str, np.ndarray], rtol: float = DEFAULT_RTOL) -> None:
+    """Every gradient, each tensor on its own scale (``grad_scales`` of torch's float64
+    gradients; see ``_branches``): jaxcnn float64 against torch float64 within ``EXACT_RTOL``;
+    jaxcnn float32 against jaxcnn float64 on float32's branches (``same_branch``) at most
+    ``REFEREE_C`` times further than torch float32 is from torch float64, or ``rtol``."""
+    assert list(grads_j) == list(grads_32) == list(grads_64) == list(grads_j64), \
         f"{case_id}: parameter names/order differ"
     scales = grad_scales(grads_64)
     for key, g64 in grads_64.items():
-        tol = tolerance(g64, rtol, scales[key])
-        diff, bound = assert_referee(grads_j[key], grads_32[key], g64,
-                                     f"{case_id}: gradient of {key}", tol)
-        record(case_id, "parameter gradients (vs float64, own scale)", diff, bound)
+        what = f"{case_id}: gradient of {key}"
+        diff = assert_close(grads_j64[key], g64, f"{what} (float64)", EXACT_RTOL, scales[key])
+        record(case_id, "parameter gradients, float64 (jaxcnn vs torch)", diff,
+               tolerance(g64, EXACT_RTOL, scales[key]))
+        diff, bound = assert_referee(grads_j[key], grads_32[key], g64, what,
+                                     tolerance(g64, rtol, scales[key]),
+                                     reference=same_branch[key])
+        record(case_id, "parameter gradients, float32 (vs float64, own scale)", diff, bound)
+
+
+def gradient_check(case_id: str, pair: Any, x: np.ndarray, y: np.ndarray,
+                   masks: dict[str, Any]) -> tuple[Any, Any, tuple[int, int]]:
+    """Train mode with the dropout ``masks`` on all four sides (torch float32 and float64,
+    jaxcnn float32 and float64); checks every gradient (``check_gradients``). Returns
+    jaxcnn's float32 ``(loss, output)`` and the branch flips of its float32 forward."""
+    torch_masks = jaxcnn.convert.dropout_masks_to_torch(pair.model, masks)
+    out_t, loss_t, grads_32 = torch_train_grads(pair, x, y, torch_masks)
+    _, _, grads_64 = torch_train_grads(pair, x, y, torch_masks, torch.float64)
+    out_t, loss_t = torch_output_to_numpy(out_t), float(loss_t.detach())
+    case = pair.case
+
+    def loss_fn(params: Any, variables: Any, xx: Any, m: Any) -> Any:
+        out, _, _ = _train_apply(pair, {**variables, "params": params}, xx, m)
+        return jax_loss(case, out, y), out
+
+    args = (pair.variables["params"], pair.variables, x, masks)
+    (loss_j, out_j, g32), (_, _, g64), (_, _, same), flips = float64_referee(loss_fn, args)
+    check_close(case_id, "train output (same dropout masks)", np.asarray(out_j), out_t,
+                f"{case_id}: train output")
+    check_close(case_id, "loss", float(loss_j), loss_t, f"{case_id}: loss")
+    to_torch = functools.partial(jaxcnn.to_torch_state_dict, pair.model, collections=("params",))
+    check_gradients(case_id, to_torch({"params": g32}), grads_32, grads_64,
+                    to_torch({"params": g64}), to_torch({"params": same}))
+    FLIPS[(case_id, "train gradients")] = flips
+    return loss_j, out_j, flips
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_train_outputs_and_gradients_match(case: Case) -> None:
-    """Train mode with the same dropout masks on both sides: output, loss, every gradient.
-
-    Any input: gradients are judged against torch in float64 (the referee), so a max-pool
-    window whose maximum float32 rounding decides counts against neither side.
-    """
+    """Train mode with the same dropout masks on both sides: output, loss, every gradient, on
+    any input (``check_gradients``: no screening for max-pool near-ties or ReLU near-zeros)."""
     pair = make_pair(case)
     x, y = inputs(case, 1)
     _, _, masks = _train_apply(pair, pair.variables, x)  # draw and record the masks once
     n_dropout = sum(isinstance(m, jaxcnn.layers.Dropout) for m in jaxcnn.modules(pair.model))
-    torch_masks = jaxcnn.convert.dropout_masks_to_torch(pair.model, masks)
-    assert len(torch_masks) == n_dropout
-
-    out_t, loss_t, grads_32 = torch_train_grads(pair, x, y, torch_masks)
-    _, _, grads_64 = torch_train_grads(pair, x, y, torch_masks, torch.float64)
-
-    def loss_fn(params):
-        v = {**pair.variables, "params": params}
-        out, _, _ = _train_apply(pair, v, x, masks)
-        return jax_loss(case, out, y), out
-
-    (loss_j, out_j), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(
-        pair.variables["params"])
-    check_close(case.id, "train output (same dropout masks)", np.asarray(out_j),
-                torch_output_to_numpy(out_t), f"{case.id}: train output")
-    check_close(case.id, "loss", float(loss_j), float(loss_t.detach()), f"{case.id}: loss")
-    grads_j = jaxcnn.to_torch_state_dict(pair.model, {"params": grads}, collections=("params",))
-    check_gradients(case.id, grads_j, grads_32, grads_64)
+    assert len(jaxcnn.convert.dropout_masks_to_torch(pair.model, masks)) == n_dropout
+    gradient_check(case.id, pair, x, y, masks)
 
 
 def _torch_buffers(tm: torch.nn.Module) -> dict[str, np.ndarray]:
