@@ -189,6 +189,8 @@ DIFFS: dict[tuple[str, str], tuple[float, float]] = {}
 #: Branch flips of jaxcnn's float32 forward against its float64 one, per (case, check):
 #: ``(ReLU elements, max-pool windows)``; printed with ``DIFFS``.
 FLIPS: dict[tuple[str, str], tuple[int, int]] = {}
+#: Planted error -> the first line of the failure it caused; printed with ``DIFFS``.
+PLANTED_FAILURES: dict[str, str] = {}
 
 
 def record(case_id: str, check: str, diff: float, tol: float) -> None:
