@@ -9,11 +9,12 @@ to 1e-9 and not to 1e-5. A gradient that is zero in exact arithmetic (the bias o
 before train-mode BatchNorm: the normalisation cancels it, and what is left is rounding noise)
 has no scale of its own; it is judged against the model's largest gradient.
 
-Float64 referee (:func:`referee_bound`): where float32 rounding decides (a max-pool window
-whose two largest inputs are within rounding, so each framework's rounding picks the element the
-gradient goes to), the torch reference run in float64 decides: jaxcnn must be at least nearly
-as close to it as torch float32 is, ``max |jax - t64| <= max(C * max |t32 - t64|, tol)``, with
-``tol`` the rule above for that tensor and ``C = REFEREE_C``.
+Float64 referee (:func:`referee_bound`): where float32 rounding decides (a ReLU input within
+rounding of zero, a max-pool window whose two largest inputs are within rounding), a float64
+value decides: jaxcnn must be at least nearly as close to it as torch float32 is to torch
+float64, ``max |jax - ref| <= max(C * max |t32 - t64|, tol)``, with ``tol`` the rule above for
+that tensor and ``C = REFEREE_C``. ``ref`` is torch float64, or (the parity suite's choice) a
+float64 value computed on the branches jaxcnn's float32 run took.
 """
 
 from __future__ import annotations

@@ -192,22 +192,21 @@ def test_nin_layer_output_shapes_match_the_seed_notes() -> None:
     assert torch_shapes == seed_shapes
 
 
-def test_full_size_vgg11_eval_output_and_roundtrip() -> None:
-    """VGG-11 at ratio 1 (129M parameters): eval output and the bit-exact weight round trip.
-
-    The suite's gradient checks run VGG at the book's ratio 8: the full-width network has
-    several float32 max-pool near-ties in any input (see ``max_pool_flips``), so no input of
-    practical size is tie-free, and the structure is the same.
-    """
-    torch.manual_seed(0)
-    tm = torch_ref.create_model("vgg11").eval()
-    model = jaxcnn.create_model("vgg11")
-    variables = jaxcnn.from_torch_state_dict(model, tm.state_dict())
-    back = jaxcnn.to_torch_state_dict(model, variables)
-    for key, value in tm.state_dict().items():
+def test_full_size_vgg11_roundtrip_eval_output_and_gradients() -> None:
+    """VGG-11 at ratio 1 (129M parameters): the bit-exact weight round trip, the eval output,
+    and (batch 1, train mode, its two dropout masks) the output, loss and every gradient with
+    ``check_gradients``' two-link float64 referee. The full-width network has float32
+    near-ties in practically any input; the referee judges them instead of a search for an
+    input without one."""
+    case = Case("vgg11", (("ratio", 1),), 224)
+    pair = make_pair(case)
+    back = jaxcnn.to_torch_state_dict(pair.model, pair.variables)
+    for key, value in pair.state_dict.items():
         assert np.array_equal(back[key], value.numpy()), key
-    x = np.random.default_rng(0).random((1, 1, 224, 224), dtype=np.float32)
+    x, y = inputs(case, 1, batch=1)
     with torch.no_grad():
-        expected = tm(torch.from_numpy(x)).numpy()
-    got = np.asarray(model.apply(variables, jax_input(x)))
-    check_close("vgg11[ratio=1]", "eval output", got, expected, "vgg11 (ratio 1): eval output")
+        expected = pair.fresh_torch().eval()(torch.from_numpy(x)).numpy()
+    got = np.asarray(pair.model.apply(pair.variables, jax_input(x)))
+    check_close(case.id, "eval output", got, expected, "vgg11 (ratio 1): eval output")
+    _, _, masks = _train_apply(pair, pair.variables, x)
+    gradient_check(case.id, pair, x, y, masks)
