@@ -151,16 +151,17 @@ def flips(masks_a: list, picks_a: list, masks_b: list, picks_b: list) -> tuple[i
     return relu, pool
 
 
-def float64_referee(loss_fn: Callable[..., Any], args32: tuple,
-                    float64_args: tuple | None = None) -> tuple[Any, Any, Any, tuple[int, int]]:
-    """``loss_fn(params, *args) -> (loss, aux)`` (pure, traceable) on three sides, each result
-    ``(loss, aux, grads)``: ``(float32, float64, float64 on float32's branches, flips)``.
-    ``float64_args`` default to ``args32`` in float64."""
-    out32, masks32, picks32 = branches(loss_fn)(*args32)
+def float64_referee(fns: tuple[Any, Any, Any], args32: tuple
+                    ) -> tuple[Any, Any, Any, tuple[int, int]]:
+    """``fns``: ``branches``, ``branches`` and ``on_branches`` of one loss function (the second
+    used in float64). Returns ``(float32, float64, float64 on float32's branches)`` results
+    ``(loss, aux, grads)`` for ``args32`` (``(params, *args)``) and the flips."""
+    grads32, grads64, forced64 = fns
+    out32, masks32, picks32 = grads32(*args32)
     with jax.enable_x64(True):
-        args64 = float64_args if float64_args is not None else to_float64(args32)
-        out64, masks64, picks64 = branches(loss_fn)(*args64)
+        args64 = to_float64(args32)
+        out64, masks64, picks64 = grads64(*args64)
         n = flips(masks32, picks32, masks64, picks64)
-        same = out64 if n == (0, 0) else on_branches(loss_fn)(masks32, picks32, *args64)
+        same = out64 if n == (0, 0) else forced64(masks32, picks32, *args64)
         out64, same = jax.device_get((out64, same))
     return jax.device_get(out32), out64, same, n

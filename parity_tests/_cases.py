@@ -16,6 +16,8 @@ import jaxcnn
 import torch_ref
 from jaxcnn.registry import get_spec
 
+from ._branches import branches, on_branches
+
 #: A small custom VGG (with dropout layers) for 28-pixel inputs.
 SMALL_VGG = {"conv_arch": ((1, 1, 8), (2, 8, 16)), "fc_features": 16 * 7 * 7,
              "fc_hidden_units": 32}
@@ -149,6 +151,30 @@ def inputs(case: Case, seed: int = 0, batch: int | None = None) -> tuple[np.ndar
     x = rng.random((n, in_ch, case.size, case.size), dtype=np.float32)
     y = rng.integers(0, 10, size=(n,))
     return x, y
+
+
+@functools.cache
+def jax_fns(case: Case) -> tuple[Any, Any, Any, Any]:
+    """Jitted ``draw_masks(variables, x, key)`` (``None`` for a model without dropout) and the
+    train-mode step on jaxcnn's three sides (``_branches``), each ``(params, other
+    collections, x, y) -> ((loss, (batch_stats, output), grads), ReLU masks, max-pool picks)``
+    (the forced one takes the masks and picks first and returns only the triple): float32,
+    float64, float64 on given branches. Compiled once per case and input shape, shared by the
+    core and the optimizer tests."""
+    model = make_pair(case).model
+
+    def draw_masks(variables: Any, x: jax.Array, key: jax.Array) -> Any:
+        _, state = model.apply(variables, x, train=True, mutable=["batch_stats", "dropout_masks"],
+                               rngs={"dropout": key})
+        return state["dropout_masks"]
+
+    def loss_fn(p: Any, other: Any, x: jax.Array, y: jax.Array) -> Any:
+        out, state = model.apply({**other, "params": p}, x, train=True, mutable=["batch_stats"])
+        return jax_loss(case, out, y), (state.get("batch_stats"), out)
+
+    has_dropout = any(isinstance(m, jaxcnn.layers.Dropout) for m in jaxcnn.modules(model))
+    return ((jax.jit(draw_masks) if has_dropout else None), branches(loss_fn),
+            branches(loss_fn), on_branches(loss_fn))
 
 
 def jax_input(x: np.ndarray) -> jax.Array:

@@ -53,7 +53,6 @@ printed at the end of the run.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any
 
 import jax
@@ -71,7 +70,7 @@ from torch_ref.optim import make_optimizer as make_torch_optimizer
 from torch_ref.optim import make_scheduler
 
 from . import _branches
-from ._branches import branches, on_branches, to_float64
+from ._branches import to_float64
 from ._cases import (
     BN_CASES,
     CASES,
@@ -80,8 +79,8 @@ from ._cases import (
     PLANTED_FAILURES,
     Case,
     inputs,
+    jax_fns,
     jax_input,
-    jax_loss,
     make_pair,
     torch_loss,
 )
@@ -247,29 +246,6 @@ def test_torch_scheduler_learning_rates_match_the_optax_schedule(name: str) -> N
             sched.step()
 
 
-@functools.cache
-def _jax_fns(case: Case) -> tuple[Any, Any, Any, Any]:
-    """Jitted ``draw_masks(variables, x, key)`` (``None`` for a model without dropout) and the
-    step's gradient on the three jaxcnn sides (``_branches``), each ``(params, other
-    collections, x, y) -> ((loss, batch_stats, grads), ReLU masks, max-pool picks)`` (the
-    forced one takes the masks and picks first and returns only the triple): float32, float64,
-    float64 on given branches. Compiled once per case, shared by its optimizer settings."""
-    model = make_pair(case).model
-
-    def draw_masks(variables: Any, x: jax.Array, key: jax.Array) -> Any:
-        _, state = model.apply(variables, x, train=True, mutable=["batch_stats", "dropout_masks"],
-                               rngs={"dropout": key})
-        return state["dropout_masks"]
-
-    def loss_fn(p: Any, other: Any, x: jax.Array, y: jax.Array) -> Any:
-        out, state = model.apply({**other, "params": p}, x, train=True, mutable=["batch_stats"])
-        return jax_loss(case, out, y), state.get("batch_stats")
-
-    has_dropout = any(isinstance(m, jaxcnn.layers.Dropout) for m in jaxcnn.modules(model))
-    return ((jax.jit(draw_masks) if has_dropout else None), branches(loss_fn),
-            branches(loss_fn), on_branches(loss_fn))
-
-
 def _optax_step(tx: optax.GradientTransformation) -> Any:
     """Jitted ``(grads, opt_state, params) -> (params, opt_state)``: ``tx.update``, then
     ``optax.apply_updates``, as ``jaxcnn.training.train_step`` does."""
@@ -338,7 +314,7 @@ def _train_both(case: Case, cfg: OptimizerConfig, torch_cfg: OptimizerConfig | N
         plant(t32.model)
         plant(t64.model)
     tx = make_optimizer(cfg, STEPS_PER_EPOCH, EPOCHS)
-    draw_masks, grads32, grads64, forced64 = _jax_fns(case)
+    draw_masks, grads32, grads64, forced64 = jax_fns(case)
     step32 = _optax_step(tx)
     params = pair.variables["params"]
     stats = pair.variables.get("batch_stats")
@@ -373,7 +349,7 @@ def _train_both(case: Case, cfg: OptimizerConfig, torch_cfg: OptimizerConfig | N
                                                 jax.random.key(step))
         torch_masks = jaxcnn.convert.dropout_masks_to_torch(model, other.get("dropout_masks",
                                                                              {}))
-        (loss_j, stats, grads), masks32, picks32 = grads32(params, other, jax_input(x), y)
+        (loss_j, (stats, _), grads), masks32, picks32 = grads32(params, other, jax_input(x), y)
         params, opt_state = step32(plant_grads(grads, False), opt_state, params)
         with jax.enable_x64(True):
             x64 = to_float64(jax_input(x))
@@ -383,13 +359,13 @@ def _train_both(case: Case, cfg: OptimizerConfig, torch_cfg: OptimizerConfig | N
                 o = {"batch_stats": st} if st else {}
                 return o | ({"dropout_masks": masks} if masks is not None else {})
 
-            (loss_n, stats_n, g_n), m_n, p_n = grads64(nat[0], other64(nat[1]), x64, y)
+            (loss_n, (stats_n, _), g_n), m_n, p_n = grads64(nat[0], other64(nat[1]), x64, y)
             if same is None:
                 flips = _branches.flips(masks32, picks32, m_n, p_n)
                 if flips != (0, 0):
                     same = list(nat)
             if same is not None:
-                loss_s, stats_s, g_s = forced64(masks32, picks32, same[0], other64(same[1]),
+                loss_s, (stats_s, _), g_s = forced64(masks32, picks32, same[0], other64(same[1]),
                                                 x64, y)
                 same[0], same[2] = step64(plant_grads(g_s, True), same[2], same[0])
                 same[1] = stats_s

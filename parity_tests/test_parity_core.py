@@ -33,8 +33,8 @@ from ._cases import (
     Case,
     check_close,
     inputs,
+    jax_fns,
     jax_input,
-    jax_loss,
     make_pair,
     record,
     torch_output_to_numpy,
@@ -100,12 +100,12 @@ def gradient_check(case_id: str, pair: Any, x: np.ndarray, y: np.ndarray,
     out_t, loss_t = torch_output_to_numpy(out_t), float(loss_t.detach())
     case = pair.case
 
-    def loss_fn(params: Any, variables: Any, xx: Any, m: Any) -> Any:
-        out, _, _ = _train_apply(pair, {**variables, "params": params}, xx, m)
-        return jax_loss(case, out, y), out
-
-    args = (pair.variables["params"], pair.variables, x, masks)
-    (loss_j, out_j, g32), (_, _, g64), (_, _, same), flips = float64_referee(loss_fn, args)
+    other = {k: v for k, v in pair.variables.items() if k != "params"}
+    if masks:
+        other["dropout_masks"] = masks
+    args = (pair.variables["params"], other, jax_input(x), y)
+    (loss_j, (_, out_j), g32), (_, _, g64), (_, _, same), flips = float64_referee(
+        jax_fns(case)[1:], args)
     check_close(case_id, "train output (same dropout masks)", np.asarray(out_j), out_t,
                 f"{case_id}: train output")
     check_close(case_id, "loss", float(loss_j), loss_t, f"{case_id}: loss")
