@@ -1,23 +1,64 @@
-"""The one tolerance rule of the parity checks, shared by tests and reports.
+"""The tolerance rules of the parity checks, shared by tests and reports.
 
-``max |actual - expected| <= rtol * max(1, max |expected|)``: absolute for values of order one
-or less, relative to the reference's largest magnitude above that.
+Values (outputs, losses, parameters, BatchNorm statistics):
+``max |actual - expected| <= rtol * max(1, max |expected|)``.
+
+Gradients (:func:`grad_scales`): each tensor on its own scale,
+``max |actual - expected| <= rtol * max |expected|`` with no floor, so a 1e-4 gradient is held
+to 1e-9 and not to 1e-5. A gradient that is zero in exact arithmetic (the bias of a layer right
+before train-mode BatchNorm: the normalisation cancels it, and what is left is rounding noise)
+has no scale of its own; it is judged against the model's largest gradient.
+
+Float64 referee (:func:`referee_bound`): where float32 rounding decides (a ReLU input within
+rounding of zero, a max-pool window whose two largest inputs are within rounding), a float64
+value decides: jaxcnn must be at least nearly as close to it as torch float32 is to torch
+float64, ``max |jax - ref| <= max(C * max |t32 - t64|, tol)``, with ``tol`` the rule above for
+that tensor and ``C = REFEREE_C``. ``ref`` is torch float64, or (the parity suite's choice) a
+float64 value computed on the branches jaxcnn's float32 run took.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 DEFAULT_RTOL = 1e-5
 
+#: jaxcnn may be up to this factor further from the float64 referee than torch float32 is.
+#: Two float32 computations of the same sum in different orders are each off the exact value by
+#: about the same amount (independent rounding), so their errors' maxima over a tensor differ by
+#: a factor close to 1; 2 leaves room for that spread, while an implementation error (a wrong
+#: scale, a missing term, a misrouted gradient) shows at many times the rounding.
+REFEREE_C = 2.0
 
-def tolerance(expected: Any, rtol: float = DEFAULT_RTOL) -> float:
-    """The allowed max abs difference for a reference tensor ``expected``."""
-    e = np.asarray(expected, dtype=np.float64)
-    scale = float(np.max(np.abs(e))) if e.size else 0.0
-    return rtol * max(1.0, scale)
+#: A float64 gradient below this share of the model's largest one is zero in exact arithmetic
+#: (float64 rounding noise is ~1e-16 relative; a real gradient this small would be below
+#: float32 resolution anyway).
+EXACT_ZERO = 1e-10
+
+
+def _max_abs(x: Any) -> float:
+    e = np.asarray(x, dtype=np.float64)
+    return float(np.max(np.abs(e))) if e.size else 0.0
+
+
+def tolerance(expected: Any, rtol: float = DEFAULT_RTOL, scale: float | None = None) -> float:
+    """The allowed max abs difference for a reference tensor ``expected``: ``rtol * scale``,
+    where ``scale`` defaults to the values rule's ``max(1, max |expected|)``."""
+    if scale is None:
+        scale = max(1.0, _max_abs(expected))
+    return rtol * scale
+
+
+def grad_scales(grads: Mapping[str, Any]) -> dict[str, float]:
+    """The scale of each gradient tensor (name -> array, ideally the float64 referee's): its own
+    ``max |g|``, or the model's largest ``max |g|`` where it is zero in exact arithmetic
+    (below ``EXACT_ZERO`` of that)."""
+    own = {k: _max_abs(g) for k, g in grads.items()}
+    top = max(own.values(), default=0.0)
+    return {k: (s if s > EXACT_ZERO * top else top) for k, s in own.items()}
 
 
 def max_abs_diff(actual: Any, expected: Any) -> float:
@@ -28,11 +69,37 @@ def max_abs_diff(actual: Any, expected: Any) -> float:
     return float(np.max(np.abs(a - e))) if a.size else 0.0
 
 
-def assert_close(actual: Any, expected: Any, what: str, rtol: float = DEFAULT_RTOL) -> float:
-    """Assert the tolerance rule; the failure names ``what`` and both numbers. Returns the diff."""
+def assert_close(actual: Any, expected: Any, what: str, rtol: float = DEFAULT_RTOL,
+                 scale: float | None = None) -> float:
+    """Assert the tolerance rule; the failure names ``what`` and both numbers. Returns the diff.
+    ``scale``: see :func:`tolerance` (pass the gradient's from :func:`grad_scales`)."""
     diff = max_abs_diff(actual, expected)
-    tol = tolerance(expected, rtol)
+    tol = tolerance(expected, rtol, scale)
     if not np.isfinite(diff) or diff > tol:
+        how = "max(1, max|reference|)" if scale is None else f"scale {scale:.3e}"
         raise AssertionError(f"{what}: max |diff| = {diff:.3e} > tolerance {tol:.3e} "
-                             f"(rtol {rtol:g} x max(1, max|reference|))")
+                             f"(rtol {rtol:g} x {how})")
     return diff
+
+
+def referee_bound(jax_value: Any, torch32: Any, torch64: Any, tol: float,
+                  c: float = REFEREE_C, reference: Any = None) -> tuple[float, float]:
+    """``(max |jax - reference|, bound)`` with ``bound = max(c * max |t32 - t64|, tol)``;
+    ``reference`` defaults to ``torch64``."""
+    ref = torch64 if reference is None else reference
+    return max_abs_diff(jax_value, ref), max(c * max_abs_diff(torch32, torch64), tol)
+
+
+def assert_referee(jax_value: Any, torch32: Any, torch64: Any, what: str, tol: float,
+                   c: float = REFEREE_C, reference: Any = None) -> tuple[float, float]:
+    """Assert ``max |jax - reference| <= max(c * max |t32 - t64|, tol)`` (``reference``:
+    ``torch64`` unless given, e.g. a float64 value on float32's branches); returns
+    ``(diff, bound)``."""
+    diff, bound = referee_bound(jax_value, torch32, torch64, tol, c, reference)
+    if not np.isfinite(diff) or diff > bound:
+        gap = max_abs_diff(torch32, torch64)
+        ref = "torch64" if reference is None else "float64 referee"
+        raise AssertionError(
+            f"{what}: max |jax - {ref}| = {diff:.3e} > bound {bound:.3e} = max({c:g} x "
+            f"max |torch32 - torch64| = {c:g} x {gap:.3e}, tolerance {tol:.3e})")
+    return diff, bound

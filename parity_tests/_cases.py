@@ -16,6 +16,8 @@ import jaxcnn
 import torch_ref
 from jaxcnn.registry import get_spec
 
+from ._branches import branches, on_branches
+
 #: A small custom VGG (with dropout layers) for 28-pixel inputs.
 SMALL_VGG = {"conv_arch": ((1, 1, 8), (2, 8, 16)), "fc_features": 16 * 7 * 7,
              "fc_hidden_units": 32}
@@ -60,6 +62,11 @@ class Case:
 
     @property
     def batch(self) -> int:
+        """2 at 224 px, 4 below; 16 for lenet_bn, whose train-mode BatchNorm after a Linear
+        layer normalises ``batch`` values per feature: at 4 the gradients' float32 rounding
+        is amplified to 1e-5 of their scale (torch's own error against float64)."""
+        if self.name == "lenet_bn":
+            return 16
         return 4 if self.size <= 64 else 2
 
     @property
@@ -93,6 +100,10 @@ class Pair:
     @functools.cached_property
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {k: v.clone() for k, v in self.torch_model.state_dict().items()}
+
+    @functools.cached_property
+    def state_dict_numpy(self) -> dict[str, np.ndarray]:
+        return {k: v.numpy() for k, v in self.state_dict.items()}
 
 
 def randomize_batchnorm(tm: torch.nn.Module) -> None:
@@ -142,6 +153,30 @@ def inputs(case: Case, seed: int = 0, batch: int | None = None) -> tuple[np.ndar
     return x, y
 
 
+@functools.cache
+def jax_fns(case: Case) -> tuple[Any, Any, Any, Any]:
+    """Jitted ``draw_masks(variables, x, key)`` (``None`` for a model without dropout) and the
+    train-mode step on jaxcnn's three sides (``_branches``), each ``(params, other
+    collections, x, y) -> ((loss, (batch_stats, output), grads), ReLU masks, max-pool picks)``
+    (the forced one takes the masks and picks first and returns only the triple): float32,
+    float64, float64 on given branches. Compiled once per case and input shape, shared by the
+    core and the optimizer tests."""
+    model = make_pair(case).model
+
+    def draw_masks(variables: Any, x: jax.Array, key: jax.Array) -> Any:
+        _, state = model.apply(variables, x, train=True, mutable=["batch_stats", "dropout_masks"],
+                               rngs={"dropout": key})
+        return state["dropout_masks"]
+
+    def loss_fn(p: Any, other: Any, x: jax.Array, y: jax.Array) -> Any:
+        out, state = model.apply({**other, "params": p}, x, train=True, mutable=["batch_stats"])
+        return jax_loss(case, out, y), (state.get("batch_stats"), out)
+
+    has_dropout = any(isinstance(m, jaxcnn.layers.Dropout) for m in jaxcnn.modules(model))
+    return ((jax.jit(draw_masks) if has_dropout else None), branches(loss_fn),
+            branches(loss_fn), on_branches(loss_fn))
+
+
 def jax_input(x: np.ndarray) -> jax.Array:
     return jnp.asarray(jaxcnn.nchw_to_nhwc(x))
 
@@ -171,65 +206,41 @@ def jax_loss(case: Case, out: jax.Array, y: np.ndarray) -> jax.Array:
 
 
 
-def _torch_pool_inputs(tm: torch.nn.Module, x: np.ndarray, masks: dict[str, np.ndarray]
-                       ) -> list[tuple[torch.nn.MaxPool2d, torch.Tensor]]:
-    seen: list[tuple[torch.nn.MaxPool2d, torch.Tensor]] = []
-    handles = [m.register_forward_hook(lambda mod, i, o: seen.append((mod, i[0].detach())))
-               for m in tm.modules() if isinstance(m, torch.nn.MaxPool2d)]
-    try:
-        with torch.no_grad(), torch_ref.fixed_dropout_masks(tm, masks):
-            tm.train()(torch.from_numpy(x))
-    finally:
-        for h in handles:
-            h.remove()
-    return seen
-
-
-def _jax_pool_inputs(pair: Pair, x: np.ndarray, jax_masks: Any) -> list[np.ndarray]:
-    seen: list[np.ndarray] = []
-
-    def record(next_fun, args, kwargs, context):
-        if isinstance(context.module, jaxcnn.layers.MaxPool2d) and context.method_name == \
-                "__call__":
-            seen.append(np.asarray(args[0]))
-        return next_fun(*args, **kwargs)
-
-    with nn.intercept_methods(record):
-        pair.model.apply({**pair.variables, "dropout_masks": jax_masks}, jax_input(x),
-                         train=True, mutable=["batch_stats", "dropout_masks"],
-                         rngs={"dropout": jax.random.key(7)})
-    return seen
-
-
-def max_pool_flips(pair: Pair, x: np.ndarray, jax_masks: Any) -> int:
-    """Pooling windows where torch and jaxcnn pick a different maximum (train-mode forward with
-    the same dropout masks). At a float32 near-tie each framework's rounding decides which
-    element wins, and the gradient goes there: both are valid, but they differ. Gradient parity
-    is therefore checked on inputs with no flip."""
-    torch_masks = jaxcnn.convert.dropout_masks_to_torch(pair.model, jax_masks)
-    flips = 0
-    pools = _torch_pool_inputs(pair.fresh_torch(), x, torch_masks)
-    jax_inputs = _jax_pool_inputs(pair, x, jax_masks)
-    assert len(pools) == len(jax_inputs)
-    for (mod, a_t), a_j in zip(pools, jax_inputs, strict=True):
-        a_j = torch.from_numpy(np.ascontiguousarray(np.transpose(a_j, (0, 3, 1, 2))))
-        args = (mod.kernel_size, mod.stride, mod.padding, mod.dilation, mod.ceil_mode, True)
-        _, idx_t = torch.nn.functional.max_pool2d(a_t, *args)
-        _, idx_j = torch.nn.functional.max_pool2d(a_j, *args)
-        flips += int((idx_t != idx_j).sum())
-    return flips
-
 
 # Largest |diff| seen per (model case, check), with its tolerance; printed at the end of the run
 # by conftest.pytest_terminal_summary.
 DIFFS: dict[tuple[str, str], tuple[float, float]] = {}
 
 
+#: Branch flips of jaxcnn's float32 forward against its float64 one, per (case, check):
+#: ``(ReLU elements, max-pool windows)``; printed with ``DIFFS``.
+FLIPS: dict[tuple[str, str], tuple[int, int]] = {}
+#: Planted error -> the first line of the failure it caused; printed with ``DIFFS``.
+PLANTED_FAILURES: dict[str, str] = {}
+
+
+def record(case_id: str, check: str, diff: float, tol: float) -> None:
+    """Keep the largest ``diff / tol`` per (case, check) for the summary table."""
+    old = DIFFS.get((case_id, check))
+    if old is None or diff / max(tol, 1e-300) > old[0] / max(old[1], 1e-300):
+        DIFFS[(case_id, check)] = (diff, tol)
+
+
 def check_close(case_id: str, check: str, actual: Any, expected: Any, what: str) -> float:
     """``jaxcnn.testing.assert_close`` that also records the diff for the summary table."""
     diff = jaxcnn.testing.assert_close(actual, expected, what)
-    tol = jaxcnn.testing.tolerance(expected)
-    old = DIFFS.get((case_id, check))
-    if old is None or diff / tol > old[0] / old[1]:
-        DIFFS[(case_id, check)] = (diff, tol)
+    record(case_id, check, diff, jaxcnn.testing.tolerance(expected))
     return diff
+
+
+def torch_train_grads(pair: Pair, x: np.ndarray, y: np.ndarray, masks: dict[str, Any],
+                      dtype: torch.dtype = torch.float32
+                      ) -> tuple[torch.Tensor, torch.Tensor, dict[str, np.ndarray]]:
+    """A fresh torch twin (in ``dtype``: float64 for the referee) in train mode with fixed
+    dropout masks (torch layout): output, loss and every parameter's gradient."""
+    tm = pair.fresh_torch().to(dtype).train()
+    with torch_ref.fixed_dropout_masks(tm, masks):
+        out = tm(torch.from_numpy(x).to(dtype))
+    loss = torch_loss(pair.case, out, y)
+    loss.backward()
+    return out, loss, {k: p.grad.numpy() for k, p in tm.named_parameters()}

@@ -18,11 +18,20 @@ torch.set_default_dtype(torch.float32)
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     """Print the largest diff per model and check (and its share of the tolerance)."""
-    from ._cases import DIFFS
+    from ._cases import DIFFS, FLIPS, PLANTED_FAILURES
 
+    tr = terminalreporter
+    if PLANTED_FAILURES:
+        tr.section("parity: planted errors and the failure each caused")
+        for name, message in sorted(PLANTED_FAILURES.items()):
+            tr.write_line(f"  {name}: {message}")
+    if FLIPS:
+        tr.section("parity: branches jaxcnn float32 took unlike float64 (ReLU elements, "
+                   "max-pool windows)")
+        for (model, check), (relu, pool) in sorted(FLIPS.items()):
+            tr.write_line(f"  {model} ({check}): {relu} ReLU, {pool} max-pool")
     if not DIFFS:
         return
-    tr = terminalreporter
     tr.section("parity: largest max|diff| per model and check (tolerance in brackets)")
     checks = sorted({c for _, c in DIFFS})
     models = sorted({m for m, _ in DIFFS})

@@ -1,79 +1,60 @@
 """Optimizer parity: optax from ``jaxcnn.training.make_optimizer`` against ``torch.optim`` plus
 its scheduler (``torch_ref.optim``), update for update, on every registered model.
 
-Each run takes K = 20 steps from the same weights (the core tests' pairs: torch init, random
-BatchNorm state) on the same batches, in train mode (BatchNorm batch statistics; dropout with
-the masks that jaxcnn draws for the step, fed to torch with ``torch_ref.fixed_dropout_masks``).
-The schedules are per epoch with 4 steps per epoch and 5 epochs, so ``StepLR`` and
-``CosineAnnealingLR`` (``scheduler.step()`` after every 4th step) change the rate 4 times.
-After every step the loss (of that step's forward), every parameter and every BatchNorm
-statistic (``num_batches_tracked`` exactly) must agree within ``jaxcnn.testing.assert_close``.
+Each run takes K steps (20; ``STEPS_OF``: 2 on the 224-pixel models, 3 on the graph models)
+from the same weights (the core tests' pairs: torch init, random BatchNorm state) on the same
+batches, in train mode (BatchNorm batch statistics; dropout with the masks that jaxcnn draws for
+the step, fed to torch with ``torch_ref.fixed_dropout_masks``), with no re-anchoring: every
+side follows its own trajectory. The schedules are per epoch with 4 steps per epoch and 5
+epochs, so ``StepLR`` and ``CosineAnnealingLR`` change the rate 4 times in 20 steps.
 
-Coverage: every ``TEST_CONFIGS`` entry (``_cases.py``) of every registered model, and every
-optimizer setting of
-``OPTIMIZERS`` (sgd plain, with momentum + weight decay + StepLR, with Nesterov + weight decay
-+ cosine; adam with coupled weight decay + StepLR; adamw + cosine). lenet and both lenet_bn
-kinds run all five; vgg (small) and seed_example two each (between them both Adams and
-Nesterov); the 224-pixel models (batch 2) one SGD setting each: alexnet plain, vgg11 (ratio 8)
-Nesterov + cosine, nin momentum + StepLR (``ASSIGNED``; a model added to the registry later
-takes the next setting in turn). ``test_every_model_and_optimizer_is_covered`` checks it. A
-model without classifier is trained on the core tests' fixed random projection of its output.
+Five sides (``_train_both``): jaxcnn float32, torch float32, torch float64, jaxcnn float64, and
+jaxcnn float64 on jaxcnn float32's ReLU and max-pool branches (``_branches``; it forks from
+jaxcnn float64 at the first step where float32 takes another branch). After every step:
 
-Max-pool near-ties and ReLU near-zeros: each step's batch is the first of up to ``ATTEMPTS``
-seeds on which both training forwards (their own max-pool and ReLU inputs, recorded in the
-jitted step and by torch hooks / a patched ``F.relu``) pick the same maximum in every pooling
-window (``_cases.max_pool_flips``' method) and give every ReLU input the same sign: at a
-float32 near-tie the gradient goes to a different element in each framework, and at a ReLU
-input within rounding of zero it passes on one side only, which is correct on both sides but
-not comparable (resnet18's step 2 at seed 1000: a 3% difference in one conv's gradient from one
-ReLU element of -2.4e-06, see ``XFAIL``). The flip rate grows with the activations' divergence,
-which is why the 224-pixel models run SGD: under Adam (and under momentum on alexnet) their two
-trajectories' activations drift to 1e-6 within 5-8 steps, and then most batches of two hold a
-flip among their 200k+ windows (measured: alexnet + adam, no flip-free batch of 10 at step 5;
-nin + adamw at step 19; with the SGD settings above, 1-5 flips in a quarter of the draws).
+* jaxcnn float64 against torch float64, ``TRAJ_RTOL`` (1e-8): the loss, every parameter and
+  BatchNorm statistic (values rule, ``max(1, |x|)``) and every parameter's update of the step
+  (own scale). This is where an implementation or configuration error shows: near-exact
+  arithmetic, no rounding-decided branch.
+* jaxcnn float32 against the same-branch float64 side, bound ``max(2 * max |t32 - t64|, tol)``
+  (``jaxcnn.testing.assert_referee``): the loss, every parameter and BatchNorm statistic
+  (``tol``: values rule 1e-5; ``num_batches_tracked`` exactly), and every parameter's update
+  of the step (``tol``: 1e-5 of its own scale plus float32's rounding of the stored weights).
+  Under Adam/AdamW the bounds add Adam's gain on the gradients' own float32 tolerance
+  (``ADAM_GAIN``): per step for the update, accumulated over the steps for the parameters, and
+  its first-order effect on the loss.
+* each step's largest update is at least ``MIN_POWER`` (5) times its update check's bound.
 
-Adam's eps: the settings use ``eps=1e-3``. Adam's step ``lr * m / (sqrt(v) + eps)`` has a gain
-of ``lr / eps`` on a gradient's rounding noise where the gradient is near zero, and some are
-exactly zero in exact arithmetic: the bias of a Conv/Linear in front of BatchNorm (BN removes
-it). At torch's ``eps=1e-8`` those biases move by up to +-lr per step on noise alone, in each
-framework differently (measured on lenet_bn after the first step, adam / adamw: 371x / 355x
-the tolerance at eps 1e-8, 47x / 84x at 1e-6, 5x / 15x at 1e-5, 0.8x / 1.6x at 1e-4, 0.25x /
-0.41x at 1e-3). The default eps is covered where it is well posed: the
-book's Adam on LeNet (``test_book_adam_with_default_eps_on_lenet``, 0.03x the tolerance after
-20 steps) and the optimizers alone on shared gradients down to 1e-10
-(``test_same_gradients_give_the_same_updates``, at torch's default eps as well).
+Coverage: every ``TEST_CONFIGS`` entry (``_cases.py``) of every registered model with
+momentum and an Adam (``ASSIGNED``; lenet and both lenet_bn kinds run all five settings of
+``OPTIMIZERS``: sgd plain, momentum + weight decay + StepLR, Nesterov + weight decay + cosine,
+adam with coupled weight decay + StepLR, adamw + cosine); ``test_every_model_and_optimizer_is_
+covered`` checks it. A model without classifier is trained on the core tests' fixed random
+projection of its output. Sizes and batches: the core tests' (``_cases.py``), except
+``SIZE``/``BATCH``: resnet18 at 32 px and densenet at batch 16 (train-mode BatchNorm over 16
+values per channel at the smallest feature map), NiN at 96 px; lenet_bn runs at batch 16.
 
-Re-anchoring (``REANCHOR``: the 224-pixel models, seed_example and resnet18): after each
-step's checks the jaxcnn side continues from torch's parameters and BatchNorm state, so every
-step is compared from identical weights, while each side's optimizer state (momentum, Adam moments,
-schedule) still evolves on its own; a wrong update rule still shows at its first step. Without
-it the trajectories' float32 drift depends on the CPU: on an Intel Xeon (AVX-512) machine,
-unlike the AMD EPYC where the bounds below were first measured, alexnet + sgd found no
-flip-free batch of 20 at step 9-13, and seed_example + adam (ReLU outputs, eps 1e-3) reached
-1.1x the tolerance at step 4; resnet18 (64 px, batch 4: its last BatchNorms normalise 16
-values per channel) reached 1.08x at step 6 (resnet_block4.0.bn1.running_var), re-anchored
-0.03x over the 20 steps.
+Adam's eps: the settings use ``eps=1e-3``; the book's Adam (lr 1e-3, eps 1e-8) runs on lenet
+and both lenet_bn kinds (``test_book_adam_with_default_eps``), and the optimizers alone on
+shared gradients from 1e-10 to 1 at torch's default eps (``test_same_gradients_give_the_same_
+updates``). The one named exception, under Adam/AdamW only: the biases right before a
+BatchNorm (``_cancelled``; lenet_bn's ``0.bias 4.bias 9.bias 12.bias``), whose exact gradient
+is zero (asserted on torch float64 every step) and whose float32 gradient is rounding noise
+that Adam turns into steps of up to ~lr: their values and updates are not compared, the running
+mean they reach is, less its EMA of the bias.
 
-Tolerance, measured on the development machine (largest diff / default tolerance over the 20
-steps and all settings): lenet 0.08, vgg (small) 0.02, seed_example 0.01, alexnet 0.01,
-vgg11 ratio 8 0.01, nin 0.01, all held to the default rule. lenet_bn: 0.25-0.41 after the
-first step, growing to 2.1 (nn.BatchNorm) and 2.0 (the book's BatchNorm) after 20 (3.3 and
-1.6 with an earlier summation order of jaxcnn's conv and BatchNorm layers), always in the
-running mean of the BatchNorm after Linear(256, 120): it sums 256 products of drifting weights
-plus the BN-cancelled bias ``9.bias``, whose gradient is rounding noise. The lenet_bn runs are
-therefore held to ``rtol = 1e-4`` (``RTOL``), 3x the largest measurement.
-``test_a_planted_optimizer_difference_is_caught``: each one-detail change of the torch side
-(nesterov, coupled decay, step size, eta_min, eps, beta2) fails the run.
+Planted errors (``test_a_planted_error_is_caught``, ``test_a_planted_optimizer_difference_is_
+caught``): jaxcnn's gradient of one layer times 1.01 in all precisions and in float32 only,
+Adam's eps, BatchNorm momentum, SGD momentum, nesterov, coupled decay, StepLR's step size,
+cosine's eta_min, Adam's eps and beta2 on the torch side: each fails its run; the messages are
+printed at the end of the run.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any
-from unittest import mock
 
-import flax.linen as nn
 import jax
 import numpy as np
 import optax
@@ -82,24 +63,29 @@ import torch
 
 import jaxcnn
 import torch_ref
-from jaxcnn.testing import DEFAULT_RTOL, assert_close, tolerance
+from jaxcnn.testing import EXACT_ZERO, assert_close, assert_referee, grad_scales, tolerance
 from jaxcnn.training import OptimizerConfig, make_optimizer
+from torch_ref.crosscheck.compare import bn_cancelled_pairs
 from torch_ref.optim import make_optimizer as make_torch_optimizer
 from torch_ref.optim import make_scheduler
 
+from . import _branches
+from ._branches import to_float64
 from ._cases import (
+    BN_CASES,
     CASES,
     DIFFS,
+    FLIPS,
+    PLANTED_FAILURES,
     Case,
     inputs,
+    jax_fns,
     jax_input,
-    jax_loss,
     make_pair,
     torch_loss,
 )
 
 STEPS, STEPS_PER_EPOCH, EPOCHS = 20, 4, 5
-ATTEMPTS = 20  # batches tried per step for one without max-pool flips
 
 #: name -> optimizer setting; every optimizer, momentum, nesterov, weight decay and schedule.
 OPTIMIZERS: dict[str, OptimizerConfig] = {
@@ -116,34 +102,69 @@ OPTIMIZERS: dict[str, OptimizerConfig] = {
                                     schedule="cosine"),
 }
 ALL_OPTIMIZERS = ("lenet", "lenet_bn")
-#: The settings of the other models (see the module docstring); a model not listed here takes
-#: the next settings of ``OPTIMIZERS`` in turn.
+#: The settings of the other models: each has momentum and an Adam (see the module docstring);
+#: a model not listed here takes ``DEFAULT_ASSIGNED``.
 ASSIGNED: dict[str, tuple[str, ...]] = {
-    "vgg": ("adam_wd_step", "adamw_cosine"),
+    "vgg": ("sgd_momentum_wd_step", "adam_wd_step", "adamw_cosine"),
     "seed_example": ("sgd_nesterov_cosine", "adam_wd_step"),
-    "alexnet": ("sgd",),
-    "vgg11": ("sgd_nesterov_cosine",),
-    "nin": ("sgd_momentum_wd_step",),
+    "alexnet": ("sgd_momentum_wd_step", "adam_wd_step"),
+    "vgg11": ("sgd_nesterov_cosine", "adamw_cosine"),
+    "nin": ("sgd_momentum_wd_step", "adamw_cosine"),
 }
+DEFAULT_ASSIGNED = ("sgd_momentum_wd_step", "adam_wd_step")
 
-#: Models whose jaxcnn side restarts every step from torch's weights and BatchNorm state (the
-#: optimizer states still evolve separately on each side); see the module docstring.
-REANCHOR = ("alexnet", "vgg11", "nin", "seed_example", "resnet18")
-
-#: Looser bounds (rtol of ``assert_close``) by case id; see the module docstring.
-RTOL: dict[str, float] = {"lenet_bn[bn=torch]": 1e-4, "lenet_bn[bn=scratch]": 1e-4}
+#: Costly models take fewer steps (2 at 224 px, 3 for the graph models): enough for momentum
+#: and Adam's moments to carry a step into the next; the schedules' rate changes (step 4) are
+#: covered on the cheap models and by the schedule test.
+STEPS_OF: dict[str, int] = {"alexnet": 2, "vgg11": 2, "nin": 2, "googlenet": 3,
+                            "resnet18": 3, "densenet": 3}
+#: Batch sizes that differ from the core tests' (``Case.batch``): the BatchNorm models run at
+#: 16, so that train-mode BatchNorm sees 16 values per channel at its smallest feature map.
+BATCH: dict[str, int] = {"resnet18": 16, "densenet": 16}
+#: Input sizes that differ from the core tests' (smaller, where every layer still has output):
+#: resnet18's last stage is 1x1 at 32 px (16 values per channel at batch 16); NiN at 96 px
+#: ends its convolutions at 1x1 before the global pooling.
+SIZE: dict[str, int] = {"resnet18": 32, "nin": 96}
+#: float32's machine epsilon: a weight stored in float32 is rounded by up to half of it (relative).
+F32_EPS = float(np.finfo(np.float32).eps)
+#: Adam's update ``lr * m / (sqrt(v) + eps)`` (bias-corrected ``m``, ``v``) moves by up to
+#: ``lr / eps`` per unit of error in ``m`` (at ``v`` -> 0, its largest derivative), and as much
+#: again through ``sqrt(v)``; ``m`` and ``v`` are averages of the gradients so far, so their
+#: error is at most the largest of those gradients' errors. The update check under Adam/AdamW
+#: therefore adds ``ADAM_GAIN * lr / eps`` times the gradient tolerance (``1e-5`` of the largest
+#: ``max |g|`` so far, float64): float32 gradient rounding that the gradient rule accepts, no
+#: more. Without it, the update of an element with ``|g|`` near ``eps`` is held to ``1e-5 *
+#: lr`` while its gradient is only known to ``1e-5 * max |g|`` (measured, lenet_bn + adamw,
+#: step 1 from identical weights: 0.weight's update 1.96e-07 from float64 for jaxcnn, 8.3e-08
+#: for torch float32, own-scale bound 4.4e-08; jaxcnn's conv-weight gradient sums the batch and
+#: the pixels in another order, 2.4x torch's rounding there). The parameters carry these
+#: update errors along, so their bound adds the sum of the steps' terms so far, and the loss
+#: (a function of the parameters) adds ``sum |g64| * that sum`` over the tensors: its
+#: first-order response (measured, seed_example + adam: jaxcnn's loss 3.9e-05 from float64 at
+#: step 3 with no flipped branch, torch float32 1.3e-07, values rule 2.5e-05; its gradients are
+#: within 11% of their own-scale tolerance, so this is rounding, amplified by Adam).
+ADAM_GAIN = 2.0
+#: jaxcnn float64 against torch float64 along the trajectory, values rule (parameters, loss,
+#: BatchNorm statistics) and own scale (updates). float64's rounding is ~1e-16; the bound
+#: leaves room for its growth over the steps through ill-conditioned train-mode BatchNorm.
+#: (jaxcnn's lr table was float32 even in a float64 run, 6e-8 of each update: resnet18 + adam's
+#: stem update at step 2 was 5.8e-06 of its scale off; the table now follows JAX's x64 mode.)
+TRAJ_RTOL = 1e-8
+#: Each step's largest update must be at least this many times its update check's bound (the
+#: update check holds every parameter's step to its own scale, 1e-5 of it, plus float32's
+#: rounding of the stored weights and Adam's gain term: this asserts that those added terms
+#: leave it the power to see the step).
+MIN_POWER = 5.0
 
 
 def _runs() -> list[tuple[Case, str]]:
-    names, runs, turn = list(OPTIMIZERS), [], 0
+    runs = []
     for case in CASES:
-        if case.name in ALL_OPTIMIZERS:
-            runs += [(case, opt) for opt in names]
-        elif case.name in ASSIGNED:
-            runs += [(case, opt) for opt in ASSIGNED[case.name]]
-        else:
-            runs.append((case, names[turn % len(names)]))
-            turn += 1
+        if case.name in SIZE:
+            case = dataclasses.replace(case, size=SIZE[case.name])
+        opts = OPTIMIZERS if case.name in ALL_OPTIMIZERS else ASSIGNED.get(case.name,
+                                                                          DEFAULT_ASSIGNED)
+        runs += [(case, opt) for opt in opts]
     return runs
 
 
@@ -167,12 +188,41 @@ def test_every_model_and_optimizer_is_covered() -> None:
     assert {o for _, o in RUNS} == set(OPTIMIZERS)
     for name in ALL_OPTIMIZERS:
         for case in (c for c in CASES if c.name == name):
-            assert {o for c, o in RUNS if c == case} == set(OPTIMIZERS), case.id
+            assert {o for c, o in RUNS if c.id == case.id} == set(OPTIMIZERS), case.id
+    for case in CASES:  # momentum and an Adam on every model
+        opts = [OPTIMIZERS[o] for c, o in RUNS if c.id == case.id]
+        assert any(o.momentum > 0 for o in opts), case.id
+        assert any(o.name in ("adam", "adamw") for o in opts), case.id
     settings = list(OPTIMIZERS.values())
     assert {o.name for o in settings} == {"sgd", "adam", "adamw"}
     assert {o.schedule for o in settings} == {"constant", "step", "cosine"}
     assert any(o.nesterov for o in settings) and any(o.momentum and not o.nesterov
                                                       for o in settings)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw"])
+def test_optimizer_config_defaults_are_torchs(name: str) -> None:
+    """``OptimizerConfig``'s defaults configure both sides, so they must be torch's own: each
+    field equals the default in the signature of ``torch.optim.SGD/Adam/AdamW`` (and of the
+    schedulers), and the torch optimizer built from ``OptimizerConfig(name=...)`` has the same
+    ``defaults`` as one built with no arguments."""
+    import inspect
+
+    cls = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[name]
+    cfg = OptimizerConfig(name=name)
+    sig = {k: v.default for k, v in inspect.signature(cls).parameters.items()}
+    fields = {"lr": cfg.lr, "weight_decay": cfg.effective_weight_decay}
+    if name == "sgd":
+        fields |= {"momentum": cfg.momentum, "nesterov": cfg.nesterov}
+    else:
+        fields |= {"betas": cfg.betas, "eps": cfg.eps}
+    for key, value in fields.items():
+        assert value == sig[key], f"{name}: OptimizerConfig {key} = {value!r}, torch {sig[key]!r}"
+    p = [torch.nn.Parameter(torch.zeros(2))]
+    assert make_torch_optimizer(cfg, p).defaults == cls(p).defaults
+    step = inspect.signature(torch.optim.lr_scheduler.StepLR).parameters
+    cosine = inspect.signature(torch.optim.lr_scheduler.CosineAnnealingLR).parameters
+    assert cfg.gamma == step["gamma"].default and cfg.eta_min == cosine["eta_min"].default
 
 
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
@@ -196,91 +246,6 @@ def test_torch_scheduler_learning_rates_match_the_optax_schedule(name: str) -> N
             sched.step()
 
 
-def _check(case: Case, actual: Any, expected: Any, what: str, rtol: float,
-           record: bool = True) -> None:
-    """``assert_close`` at ``rtol``; the diff is also recorded, against the default rule's
-    tolerance, for the suite's summary table."""
-    diff = assert_close(actual, expected, what, rtol=rtol)
-    if not record:
-        return
-    tol = tolerance(np.max(np.abs(expected)))  # = tolerance(expected), one pass cheaper
-    old = DIFFS.get((case.id, "20 optimizer steps"))
-    if old is None or diff / tol > old[0] / old[1]:
-        DIFFS[(case.id, "20 optimizer steps")] = (diff, tol)
-
-
-def _flips(torch_pools: list[tuple[torch.nn.Module, torch.Tensor]],
-           jax_pools: list[jax.Array]) -> int:
-    """Pooling windows where torch and jaxcnn pick a different maximum, given each side's
-    max-pool inputs (torch NCHW, jaxcnn NHWC) from the very forward passes of the step."""
-    assert len(torch_pools) == len(jax_pools)
-    flips = 0
-    for (mod, a_t), a_j in zip(torch_pools, jax_pools, strict=True):
-        a_j = torch.from_numpy(np.ascontiguousarray(np.transpose(np.asarray(a_j), (0, 3, 1, 2))))
-        args = (mod.kernel_size, mod.stride, mod.padding, mod.dilation, mod.ceil_mode, True)
-        flips += int((torch.nn.functional.max_pool2d(a_t, *args)[1]
-                      != torch.nn.functional.max_pool2d(a_j, *args)[1]).sum())
-    return flips
-
-
-def _relu_flips(torch_relus: list[torch.Tensor], jax_relus: list[jax.Array]) -> int:
-    """ReLU inputs that are positive on one side and not on the other (torch NCHW, jaxcnn
-    NHWC, in call order), from the very forward passes of the step: a float32 near-zero whose
-    sign each framework's rounding decides, so the gradient passes on one side only."""
-    assert len(torch_relus) == len(jax_relus)
-    flips = 0
-    for a_t, a_j in zip(torch_relus, jax_relus, strict=True):
-        a_j = np.asarray(a_j)
-        if a_j.ndim == 4:
-            a_j = np.transpose(a_j, (0, 3, 1, 2))
-        flips += int(np.sum((a_t.numpy() > 0) != (a_j > 0)))
-    return flips
-
-
-@functools.cache
-def _jax_fns(case: Case) -> tuple[Any, Any]:
-    """Jitted ``draw_masks(variables, x, key)`` (``None`` for a model without dropout) and
-    ``grads(params, other collections, x, y) -> (loss, grads, batch_stats, max-pool inputs,
-    ReLU inputs)``, compiled once per case and shared by its optimizer settings. The ReLU
-    inputs are those of every ``jax.nn.relu`` call (the ``ReLU`` layer's and the functional
-    ones, e.g. in ``Residual``), recorded by patching it while the function is traced."""
-    model = make_pair(case).model
-
-    def draw_masks(variables: Any, x: jax.Array, key: jax.Array) -> Any:
-        _, state = model.apply(variables, x, train=True, mutable=["batch_stats", "dropout_masks"],
-                               rngs={"dropout": key})
-        return state["dropout_masks"]
-
-    def grads(params: Any, other: Any, x: jax.Array, y: jax.Array) -> Any:
-        def loss_fn(p: Any) -> Any:
-            pools: list[jax.Array] = []
-
-            def record(next_fun: Any, args: Any, kwargs: Any, context: Any) -> Any:
-                if (isinstance(context.module, jaxcnn.layers.MaxPool2d)
-                        and context.method_name == "__call__"):
-                    pools.append(args[0])
-                return next_fun(*args, **kwargs)
-
-            relus: list[jax.Array] = []
-            relu = jax.nn.relu
-
-            def recording_relu(a: jax.Array) -> jax.Array:
-                relus.append(a)
-                return relu(a)
-
-            with nn.intercept_methods(record), mock.patch.object(jax.nn, "relu",
-                                                                 recording_relu):
-                out, state = model.apply({**other, "params": p}, x, train=True,
-                                         mutable=["batch_stats"])
-            return jax_loss(case, out, y), (state.get("batch_stats"), pools, relus)
-
-        (loss, (stats, pools, relus)), g = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        return loss, g, stats, pools, relus
-
-    has_dropout = any(isinstance(m, jaxcnn.layers.Dropout) for m in jaxcnn.modules(model))
-    return (jax.jit(draw_masks) if has_dropout else None), jax.jit(grads)
-
-
 def _optax_step(tx: optax.GradientTransformation) -> Any:
     """Jitted ``(grads, opt_state, params) -> (params, opt_state)``: ``tx.update``, then
     ``optax.apply_updates``, as ``jaxcnn.training.train_step`` does."""
@@ -292,122 +257,273 @@ def _optax_step(tx: optax.GradientTransformation) -> Any:
     return jax.jit(step)
 
 
-def _torch_forward(tm: torch.nn.Module, x: np.ndarray, masks: dict[str, np.ndarray]
-                   ) -> tuple[torch.Tensor, list[tuple[torch.nn.Module, torch.Tensor]],
-                              list[torch.Tensor]]:
-    """The training forward with fixed dropout masks, the inputs of its max poolings and
-    those of its ``F.relu`` calls (``nn.ReLU``'s and the functional ones)."""
-    pools: list[tuple[torch.nn.Module, torch.Tensor]] = []
-    relus: list[torch.Tensor] = []
-    relu = torch.nn.functional.relu
+class _TorchSide:
+    """One torch trajectory (float32, or float64 for the referee): model, optimizer, schedule."""
 
-    def recording_relu(a: torch.Tensor, inplace: bool = False) -> torch.Tensor:
-        relus.append(a.detach().clone())
-        return relu(a, inplace=inplace)
+    def __init__(self, case: Case, cfg: OptimizerConfig, dtype: torch.dtype) -> None:
+        self.case, self.dtype = case, dtype
+        self.model = make_pair(case).fresh_torch().to(dtype).train()
+        self.opt = make_torch_optimizer(cfg, self.model.parameters())
+        self.sched = make_scheduler(cfg, self.opt, EPOCHS)
 
-    hooks = [m.register_forward_hook(lambda mod, i, o: pools.append((mod, i[0].detach())))
-             for m in tm.modules() if isinstance(m, torch.nn.MaxPool2d)]
-    try:
-        with torch_ref.fixed_dropout_masks(tm, masks), mock.patch.object(
-                torch.nn.functional, "relu", recording_relu):
-            out = tm(torch.from_numpy(x))
-    finally:
-        for h in hooks:
-            h.remove()
-    return out, pools, relus
+    def step(self, step: int, x: np.ndarray, y: np.ndarray, masks: dict[str, Any]) -> float:
+        with torch_ref.fixed_dropout_masks(self.model, masks):
+            out = self.model(torch.from_numpy(x).to(self.dtype))
+        loss = torch_loss(self.case, out, y)
+        self.opt.zero_grad()
+        loss.backward()
+        self.lr = float(self.opt.param_groups[0]["lr"])  # this step's rate
+        self.grads = {k: p.grad.detach().numpy().copy() for k, p in self.model.named_parameters()
+                      if p.grad is not None}
+        self.opt.step()
+        if self.sched is not None and (step + 1) % STEPS_PER_EPOCH == 0:
+            self.sched.step()
+        return float(loss.detach())
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {k: v.detach().numpy().copy() for k, v in self.model.state_dict().items()}
 
 
-def _train_both(case: Case, cfg: OptimizerConfig, rtol: float,
-                torch_cfg: OptimizerConfig | None = None) -> None:
-    """``STEPS`` optimizer steps on both sides from the pair's weights; asserts the loss, every
-    parameter and every BatchNorm statistic after each. ``torch_cfg`` (default ``cfg``)
-    configures the torch side, to plant a difference.
+def _train_both(case: Case, cfg: OptimizerConfig, torch_cfg: OptimizerConfig | None = None,
+                steps: int | None = None, plant: Any = None) -> float:
+    """A real trajectory of ``steps`` (default ``STEPS_OF``) optimizer steps from the pair's
+    weights on five sides: jaxcnn float32 (``cfg``), torch float32 and float64 (``torch_cfg``,
+    default ``cfg``, to plant a difference), jaxcnn float64, and jaxcnn float64 on float32's
+    branches (``_branches``; it forks from jaxcnn float64 at the first step where jaxcnn float32
+    takes another ReLU or max-pool branch, and until then is the same). After each step:
 
-    Each step's batch is the first of ``ATTEMPTS`` seeds on which both training forwards pick the
-    same maximum in every pooling window (a rejected batch is undone: jaxcnn's step is a pure
-    function and torch's BatchNorm buffers are restored)."""
+    * jaxcnn float64 against torch float64 (``TRAJ_RTOL``, values rule): the loss, every
+      parameter and BatchNorm statistic; the same function and optimizer in near-exact
+      arithmetic.
+    * jaxcnn float32 against the same-branch float64 side (``assert_referee``, bound from torch
+      float32's distance to float64): the loss, every parameter and BatchNorm statistic (values
+      rule; ``num_batches_tracked`` exactly) and every parameter's update of the step (on its
+      own scale, ``grad_scales``).
+
+    ``plant``: a planted error, ``(grads, float64) -> grads`` applied to jaxcnn's gradients
+    (float32 only, or all of jaxcnn's sides, as it chooses), or ``(torch model) -> None``
+    applied to both torch models. Returns the smallest ratio, over the steps, of the step's
+    largest update to the parameter check's bound (the update is that many times what the
+    check lets pass)."""
     pair = make_pair(case)
-    model, tm = pair.model, pair.fresh_torch().train()
-    opt = make_torch_optimizer(torch_cfg or cfg, tm.parameters())
-    sched = make_scheduler(torch_cfg or cfg, opt, EPOCHS)
+    model = pair.model
+    t32 = _TorchSide(case, torch_cfg or cfg, torch.float32)
+    t64 = _TorchSide(case, torch_cfg or cfg, torch.float64)
+    plant_grads = plant if isinstance(plant, _PlantGrads) else (lambda g, _: g)
+    if plant is not None and not isinstance(plant, _PlantGrads):
+        plant(t32.model)
+        plant(t64.model)
     tx = make_optimizer(cfg, STEPS_PER_EPOCH, EPOCHS)
-    draw_masks, grad_fn = _jax_fns(case)
-    optax_step = _optax_step(tx)
+    draw_masks, grads32, grads64, forced64 = jax_fns(case)
+    step32 = _optax_step(tx)
     params = pair.variables["params"]
     stats = pair.variables.get("batch_stats")
     opt_state = tx.init(params)
-    names = {k for k, _ in tm.named_parameters()}
-    for step in range(STEPS):
-        where, record = f"{case.id} step {step + 1}", torch_cfg is None
+    with jax.enable_x64(True):  # the schedule's table in float64 too
+        tx64 = make_optimizer(cfg, STEPS_PER_EPOCH, EPOCHS)
+        step64 = _optax_step(tx64)
+        nat = [to_float64(params), to_float64(stats), tx64.init(to_float64(params))]
+    same: list[Any] | None = None  # the same-branch side once forked: params, stats, opt state
+    names = [k for k, _ in t32.model.named_parameters()]
+    record = torch_cfg is None and plant is None
+    # The named exception (see ``_cancelled``): bias -> (its BatchNorm's running-mean key,
+    # weight of a batch's mean in it); under Adam/AdamW only.
+    cancelled = _cancelled(t32.model) if cfg.name in ("adam", "adamw") else {}
+    checked = [k for k in names if k not in cancelled]
+    # Per side (jaxcnn 32, torch 32, torch 64, same-branch 64, jaxcnn 64), each cancelled
+    # bias's share of its BatchNorm's running mean: the running mean is an EMA of the batch
+    # means of (W x + bias), so it carries an EMA of the bias values, which is taken out before
+    # the comparison (exact algebra, the same update as the BN's).
+    bias_ema = [{k: 0.0 for k in cancelled} for _ in range(5)]
+    grad_top: dict[str, float] = {}  # each gradient's own scale, largest so far (float64)
+    drift = {k: 0.0 for k in checked}  # Adam's accumulated gain on gradient rounding
+    _BOUNDS.clear()
+    before = (pair.state_dict_numpy,) * 5
+    power = np.inf
+    flips = (0, 0)
+    for step in range(steps or STEPS_OF.get(case.name, STEPS)):
+        where = f"{case.id} step {step + 1}"
+        x, y = inputs(case, seed=1000 * step, batch=BATCH.get(case.name))
         other = {"batch_stats": stats} if stats else {}
-        masks: Any = {}
         if draw_masks is not None:
-            x, _ = inputs(case, seed=1000 * step)
-            masks = draw_masks({"params": params, **other}, jax_input(x), jax.random.key(step))
-            other["dropout_masks"] = masks
-        torch_masks = jaxcnn.convert.dropout_masks_to_torch(model, masks)
-        for attempt in range(ATTEMPTS):
-            x, y = inputs(case, seed=1000 * step + attempt)
-            loss_j, grads, new_stats, jax_pools, jax_relus = grad_fn(params, other,
-                                                                     jax_input(x), y)
-            saved = {k: v.clone() for k, v in tm.named_buffers()}
-            out, pools, relus = _torch_forward(tm, x, torch_masks)
-            if _flips(pools, jax_pools) == 0 and _relu_flips(relus, jax_relus) == 0:
-                break
-            with torch.no_grad():
-                for k, v in tm.named_buffers():
-                    v.copy_(saved[k])
-        else:
-            raise AssertionError(f"{where}: every input of {ATTEMPTS} seeds has a max-pool or "
-                                 "ReLU flip")
-        params, opt_state = optax_step(grads, opt_state, params)
-        stats = new_stats
-        loss_t = torch_loss(case, out, y)
-        opt.zero_grad()
-        loss_t.backward()
-        opt.step()
-        if sched is not None and (step + 1) % STEPS_PER_EPOCH == 0:
-            sched.step()
+            other["dropout_masks"] = draw_masks({"params": params, **other}, jax_input(x),
+                                                jax.random.key(step))
+        torch_masks = jaxcnn.convert.dropout_masks_to_torch(model, other.get("dropout_masks",
+                                                                             {}))
+        (loss_j, (stats, _), grads), masks32, picks32 = grads32(params, other, jax_input(x), y)
+        params, opt_state = step32(plant_grads(grads, False), opt_state, params)
+        with jax.enable_x64(True):
+            x64 = to_float64(jax_input(x))
+            masks64 = to_float64(other.get("dropout_masks"))
 
-        _check(case, float(loss_j), float(loss_t.detach()), f"{where}: loss", rtol, record)
-        got = jaxcnn.to_torch_state_dict(
-            model, {"params": params, **({"batch_stats": stats} if stats else {})})
-        expected = tm.state_dict()
-        assert list(got) == list(expected), f"{where}: state-dict keys differ"
-        for key, value in expected.items():
-            value = value.numpy()
+            def other64(st: Any, masks: Any = masks64) -> dict[str, Any]:
+                o = {"batch_stats": st} if st else {}
+                return o | ({"dropout_masks": masks} if masks is not None else {})
+
+            (loss_n, (stats_n, _), g_n), m_n, p_n = grads64(nat[0], other64(nat[1]), x64, y)
+            if same is None:
+                flips = _branches.flips(masks32, picks32, m_n, p_n)
+                if flips != (0, 0):
+                    same = list(nat)
+            if same is not None:
+                loss_s, (stats_s, _), g_s = forced64(masks32, picks32, same[0], other64(same[1]),
+                                                x64, y)
+                same[0], same[2] = step64(plant_grads(g_s, True), same[2], same[0])
+                same[1] = stats_s
+            nat[0], nat[2] = step64(plant_grads(g_n, True), nat[2], nat[0])
+            nat[1] = stats_n
+            if same is None:
+                loss_s = loss_n
+            jax_states = [jaxcnn.to_torch_state_dict(model, {"params": p, **(
+                {"batch_stats": st} if st else {})}) for p, st in (
+                (params, stats), *(((same or nat)[0], (same or nat)[1]), (nat[0], nat[1])))]
+        got, got_s, got_n = jax_states
+        for ema, side in zip(bias_ema, before, strict=True):
+            for k, (_, w) in cancelled.items():  # the bias of this step's forward
+                ema[k] = (1.0 - w) * ema[k] + w * side[k].astype(np.float64)
+        loss_32 = t32.step(step, x, y, torch_masks)
+        loss_64 = t64.step(step, x, y, torch_masks)
+        if cancelled:  # the exception's premise, on every step: zero gradient in float64
+            top = max(float(np.max(np.abs(g))) for g in t64.grads.values())
+            for k in cancelled:
+                g = float(np.max(np.abs(t64.grads[k])))
+                assert g <= EXACT_ZERO * top, (
+                    f"{where}: {k} is excluded as BN-cancelled but its float64 gradient is "
+                    f"{g:.3e} ({g / top:.1e} of the largest)")
+        for k, g in grad_scales(t64.grads).items():
+            grad_top[k] = max(grad_top.get(k, 0.0), g)
+        # Adam's gain on the gradients' own tolerance (ADAM_GAIN): this step's share of each
+        # update's error, and the loss's first-order response to the drift so far.
+        adam = cfg.name in ("adam", "adamw")
+        gain = {k: ADAM_GAIN * t64.lr / cfg.eps * tolerance(0.0, scale=grad_top[k])
+                if adam else 0.0 for k in checked}
+        loss_drift = sum(float(np.sum(np.abs(t64.grads[k]))) * drift[k] for k in checked)
+        for k in checked:
+            drift[k] += gain[k]
+        _exact(case, float(loss_n), loss_64, f"{where}: loss", record)
+        _check(case, float(loss_j), loss_32, loss_64, f"{where}: loss",
+               tolerance(loss_64) + loss_drift, record, reference=float(loss_s))
+        after = (got, t32.state(), t64.state(), got_s, got_n)
+        assert list(got) == list(after[1]), f"{where}: state-dict keys differ"
+        for key, v64 in after[2].items():
             if key.endswith("num_batches_tracked"):
-                assert int(got[key]) == int(value), f"{where}: {key}"
-            else:
-                kind = "parameter" if key in names else "BatchNorm statistic"
-                _check(case, got[key], value, f"{where}: {kind} {key}", rtol, record)
-        if case.name in REANCHOR:
-            anchored = jaxcnn.from_torch_state_dict(model, expected)
-            params, stats = anchored["params"], anchored.get("batch_stats")
+                assert int(got[key]) == int(after[1][key]) == int(v64), f"{where}: {key}"
+            elif key not in names:
+                vals = [side[key].astype(np.float64) for side in after]
+                for k, (mean_key, _) in cancelled.items():
+                    if key == mean_key:
+                        vals = [v - ema[k].reshape(v.shape)
+                                for v, ema in zip(vals, bias_ema, strict=True)]
+                        key = f"{key} (less its EMA of {k})"
+                what = f"{where}: BatchNorm statistic {key}"
+                _exact(case, vals[4], vals[2], what, record)
+                _check(case, vals[0], vals[1], vals[2], what, tolerance(vals[2]), record,
+                       reference=vals[3])
+        for key in checked:
+            what = f"{where}: parameter {key}"
+            _exact(case, got_n[key], after[2][key], what, record)
+            _check(case, got[key], after[1][key], after[2][key], what,
+                   tolerance(after[2][key]) + drift[key], record, reference=got_s[key])
+        deltas = [{k: a[k].astype(np.float64) - b[k] for k in names}
+                  for a, b in zip(after, before, strict=True)]
+        scales = grad_scales(deltas[2])
+        for key in checked:  # jaxcnn float64's step against torch float64's, own scale
+            diff = assert_close(deltas[4][key], deltas[2][key],
+                                f"{where}: update of parameter {key} (float64)", TRAJ_RTOL,
+                                scales[key])
+            if record:
+                _record(case, "optimizer steps (updates, float64: jaxcnn vs torch)", diff,
+                        tolerance(deltas[2][key], TRAJ_RTOL, scales[key]))
+        for key in checked if (torch_cfg or cfg).eps >= 1e-6 or cfg.name == "sgd" else ():
+            # own scale, plus float32's rounding of the stored new weights
+            tol = (tolerance(deltas[2][key], scale=scales[key])
+                   + F32_EPS * float(np.max(np.abs(before[2][key]), initial=0.0)))
+            tol += gain[key]  # plus the gradients' tolerance through Adam's gain on them
+            _check(case, deltas[0][key], deltas[1][key], deltas[2][key],
+                   f"{where}: update of parameter {key}", tol, record, "updates",
+                   reference=deltas[3][key])
+            _BOUNDS[key] = tol
+        if _BOUNDS:
+            power = min(power, max(float(np.max(np.abs(deltas[2][k])))
+                                   / max(_BOUNDS[k], 1e-300) for k in checked))
+        _BOUNDS.clear()
+        before = after
+    if record:
+        FLIPS[(case.id, f"trajectory {cfg.name}")] = flips
+    return power
 
 
-#: Runs expected to fail, by id (reason), none at present. resnet18 + sgd_nesterov_cosine was
-#: one until the ReLU screening (issue 13): its step-2 batch (seed 1000) holds a ReLU near-zero,
-#: element (2, 6, 5, 39) NHWC of resnet_block2.1's relu(bn1(...)) input: -2.36e-06 in float64
-#: and in torch, -5.5e-07 in jaxcnn eager, +1.93e-06 in jaxcnn jitted (XLA's fusions round
-#: differently; the layer's float32 error is up to 9.6e-06 either way). The jitted gradient
-#: is float64's with that one element passed by the ReLU (1.4e-06 apart), 9.9e-03 (3%) from
-#: float64's in resnet_block2.1.conv1.weight: a kink, not a wrong op.
+def _cancelled(tm: torch.nn.Module) -> dict[str, tuple[str, float]]:
+    """The one named exception of the trajectory checks, for Adam and AdamW: the biases that
+    feed straight into a BatchNorm (``bn_cancelled_pairs``, found structurally; lenet_bn's
+    ``0.bias 4.bias 9.bias 12.bias``). Train-mode BatchNorm subtracts the batch mean, so their
+    exact gradient is zero (asserted every step on the float64 referee) and each framework's is
+    its own float32 rounding noise; Adam divides by ``sqrt(v) + eps`` and turns that noise into
+    steps of up to ~lr, in a different direction in each framework (and in float64). Their
+    values and updates are therefore not compared; their effect is: the loss and the batch
+    statistics don't depend on them (checked every step), and the running mean of the BatchNorm
+    after each is compared less its EMA of that side's own bias values (the running mean is the
+    only state the bias reaches). Maps bias -> (running-mean key, weight of a new batch mean)."""
+    out = {}
+    modules = dict(tm.named_modules())
+    for bias, bn_name in bn_cancelled_pairs(tm).items():
+        bn = modules[bn_name]
+        if isinstance(bn, torch.nn.modules.batchnorm._BatchNorm):
+            assert bn.momentum is not None, bn_name
+            out[bias] = (f"{bn_name}.running_mean", float(bn.momentum))
+        else:  # the book's BatchNorm: moving_mean = 0.9 * moving_mean + 0.1 * mean
+            out[bias] = (f"{bn_name}.moving_mean", 0.1)
+    return out
+
+
+#: The bound of each parameter's update check of the step, for the update-size ratio.
+_BOUNDS: dict[str, float] = {}
+
+
+def _check(case: Case, jax_value: Any, t32: Any, t64: Any, what: str, tol: float,
+           record: bool = True, kind: str = "values", reference: Any = None) -> None:
+    """``assert_referee`` (against ``reference``, the same-branch float64 side); the diff is
+    recorded (largest share of its bound per case)."""
+    diff, bound = assert_referee(jax_value, t32, t64, what, tol, reference=reference)
+    if record:
+        _record(case, f"optimizer steps ({kind}, float32 vs float64)", diff, bound)
+
+
+def _exact(case: Case, jax64: Any, t64: Any, what: str, record: bool = True) -> None:
+    """jaxcnn float64 against torch float64, values rule at ``TRAJ_RTOL``."""
+    diff = assert_close(jax64, t64, f"{what} (float64)", TRAJ_RTOL)
+    if record:
+        _record(case, "optimizer steps (values, float64: jaxcnn vs torch)", diff,
+                tolerance(t64, TRAJ_RTOL))
+
+
+def _record(case: Case, check: str, diff: float, bound: float) -> None:
+    old = DIFFS.get((case.id, check))
+    if old is None or diff / bound > old[0] / old[1]:
+        DIFFS[(case.id, check)] = (diff, bound)
+
+
+#: Runs expected to fail, by id (reason): none. resnet18 + momentum was one (issue 13: its
+#: step-2 batch holds a ReLU input within rounding of zero that jaxcnn's jitted float32 passes
+#: and float64 does not); the same-branch float64 side judges it now.
 XFAIL: dict[str, str] = {}
 
 
 @pytest.mark.parametrize(("case", "opt_name"), [
     pytest.param(c, o, id=f"{c.id}-{o}", marks=[pytest.mark.xfail(
-        reason=XFAIL[f"{c.id}-{o}"], strict=True)] if f"{c.id}-{o}" in XFAIL else [])
+        reason=XFAIL[f"{c.id}-{o}"], strict=False)] if f"{c.id}-{o}" in XFAIL else [])
     for c, o in RUNS])
 def test_optimizer_steps_match_torch(case: Case, opt_name: str) -> None:
-    _train_both(case, OPTIMIZERS[opt_name], RTOL.get(case.id, DEFAULT_RTOL))
+    power = _train_both(case, OPTIMIZERS[opt_name])
+    assert power >= MIN_POWER, (f"{case.id}-{opt_name}: a step's largest update is only "
+                                f"{power:.1f}x its update check's bound")
 
 
-def test_book_adam_with_default_eps_on_lenet() -> None:
-    """The book's optimizer as it is (Adam, lr 1e-3, eps 1e-8) on LeNet, at the default rule
-    (measured: 0.03 of the tolerance after 20 steps; LeNet has no BatchNorm, see ``RTOL``)."""
-    _train_both(LENET, OptimizerConfig(name="adam", lr=1e-3), DEFAULT_RTOL)
+@pytest.mark.parametrize("case", [LENET, *BN_CASES], ids=lambda c: c.id)
+def test_book_adam_with_default_eps(case: Case) -> None:
+    """The book's optimizer as it is (Adam, lr 1e-3, eps 1e-8) on LeNet and both lenet_bn
+    kinds (where the BN-cancelled biases move on rounding noise alone: the referee judges)."""
+    _train_both(case, OptimizerConfig(name="adam", lr=1e-3))
 
 
 #: name -> (jaxcnn setting, torch setting that differs in one detail).
@@ -431,8 +547,76 @@ PLANTED: dict[str, tuple[OptimizerConfig, OptimizerConfig]] = {
 def test_a_planted_optimizer_difference_is_caught(name: str) -> None:
     """The harness has the power to see a one-detail difference of the torch side."""
     cfg, torch_cfg = PLANTED[name]
-    with pytest.raises(AssertionError, match="max \\|diff\\|"):
-        _train_both(LENET, cfg, DEFAULT_RTOL, torch_cfg)
+    with pytest.raises(AssertionError, match="max \\|") as err:
+        _train_both(LENET, cfg, torch_cfg)
+    PLANTED_FAILURES[f"trajectory: torch {name}"] = str(err.value).splitlines()[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class _PlantGrads:
+    """A planted error in jaxcnn's gradients: parameter ``path`` (flax path, '/'-joined)
+    times ``factor``; on the float32 side only, or on all of jaxcnn's sides (an error in
+    jaxcnn's backward pass, which its float64 run shares)."""
+
+    path: str
+    factor: float
+    float32_only: bool
+
+    def __call__(self, grads: Any, float64: bool) -> Any:
+        if float64 and self.float32_only:
+            return grads
+
+        def scale(path: Any, g: Any) -> Any:
+            name = "/".join(str(getattr(k, "key", k)) for k in path)
+            return g * self.factor if name == self.path else g
+
+        return jax.tree_util.tree_map_with_path(scale, grads)
+
+
+def _bn_momentum(momentum: float) -> Any:
+    """A planted error on the torch side: every ``nn.BatchNorm`` with another momentum (as if
+    jaxcnn's BatchNorm used 0.1 where torch uses ``momentum``)."""
+
+    def plant(tm: torch.nn.Module) -> None:
+        for m in tm.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.momentum = momentum
+
+    return plant
+
+
+LENET_BN = next(c for c in BN_CASES if dict(c.config)["bn"] == "torch")
+#: name -> (case, jaxcnn setting, torch setting, plant, steps): one-detail errors the trajectory
+#: check must catch, on the cheap models.
+PLANTED_ERRORS: dict[str, tuple[Case, str, str | None, Any, int]] = {
+    # jaxcnn's backward pass (float32 and float64) off by 1% in one layer's weight gradient
+    "grad_x1.01_all_precisions": (LENET, "sgd_momentum_wd_step", None,
+                                  _PlantGrads("conv/0/kernel", 1.01, False), 3),
+    # the same, in float32 only (caught by the float32 check against the same-branch referee)
+    "grad_x1.01_float32_only": (LENET, "adam_wd_step", None,
+                                _PlantGrads("conv/0/kernel", 1.01, True), 3),
+    # Adam's eps 1e-3 on jaxcnn's side, 1.1e-3 on torch's
+    "adam_eps": (LENET, "adam_wd_step", "adam_eps_1.1e-3", None, 3),
+    # BatchNorm momentum 0.1 against 0.11
+    "bn_momentum": (LENET_BN, "sgd", None, _bn_momentum(0.11), 2),
+    # momentum 0.9 against 0.8
+    "momentum": (LENET, "sgd_momentum_wd_step", "sgd_momentum_0.8", None, 2),
+}
+_TORCH_SETTINGS = {
+    "adam_eps_1.1e-3": dataclasses.replace(OPTIMIZERS["adam_wd_step"], eps=1.1e-3),
+    "sgd_momentum_0.8": dataclasses.replace(OPTIMIZERS["sgd_momentum_wd_step"], momentum=0.8),
+}
+
+
+@pytest.mark.parametrize("name", list(PLANTED_ERRORS))
+def test_a_planted_error_is_caught(name: str) -> None:
+    """Each planted error fails the trajectory check within its steps; the failure message is
+    kept in ``PLANTED_FAILURES`` and printed in the summary."""
+    case, opt, torch_opt, plant, steps = PLANTED_ERRORS[name]
+    torch_cfg = _TORCH_SETTINGS[torch_opt] if torch_opt else None
+    with pytest.raises(AssertionError, match="max \\|") as err:
+        _train_both(case, OPTIMIZERS[opt], torch_cfg, steps=steps, plant=plant)
+    PLANTED_FAILURES[f"trajectory: {name}"] = str(err.value).splitlines()[0]
 
 
 @pytest.mark.parametrize("name", [*OPTIMIZERS, "adam_book", "adamw_book"])
@@ -462,29 +646,3 @@ def test_same_gradients_give_the_same_updates(name: str) -> None:
             sched.step()
         for k, p in torch_params.items():
             assert_close(params[k], p.detach().numpy(), f"{name} step {step + 1}: {k}")
-
-
-@pytest.mark.parametrize("name", ["sgd", "adam", "adamw"])
-def test_optimizer_config_defaults_are_torchs(name: str) -> None:
-    """``OptimizerConfig``'s defaults configure both sides, so they must be torch's own: each
-    field equals the default in the signature of ``torch.optim.SGD/Adam/AdamW`` (and of the
-    schedulers), and the torch optimizer built from ``OptimizerConfig(name=...)`` has the same
-    ``defaults`` as one built with no arguments."""
-    import inspect
-
-    cls = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[name]
-    cfg = OptimizerConfig(name=name)
-    sig = {k: v.default for k, v in inspect.signature(cls).parameters.items()}
-    fields = {"lr": cfg.lr, "weight_decay": cfg.effective_weight_decay}
-    if name == "sgd":
-        fields |= {"momentum": cfg.momentum, "nesterov": cfg.nesterov}
-    else:
-        fields |= {"betas": cfg.betas, "eps": cfg.eps}
-    for key, value in fields.items():
-        assert value == sig[key], f"{name}: OptimizerConfig {key} = {value!r}, torch {sig[key]!r}"
-    p = [torch.nn.Parameter(torch.zeros(2))]
-    assert make_torch_optimizer(cfg, p).defaults == cls(p).defaults
-    step = inspect.signature(torch.optim.lr_scheduler.StepLR).parameters
-    cosine = inspect.signature(torch.optim.lr_scheduler.CosineAnnealingLR).parameters
-    assert cfg.gamma == step["gamma"].default and cfg.eta_min == cosine["eta_min"].default
-

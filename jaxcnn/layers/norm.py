@@ -94,10 +94,13 @@ class _TorchBatchNorm(Layer):
         y, mean, var = batch_norm_train(x.reshape(n, c), s_, b_, self.eps)
         if not self.is_initializing():
             new_count = count.value + 1
+            # in the statistics' dtype: a float32 constant would round momentum 0.1 by 1.5e-9
+            # in a float64 run (the parity suite's float64 referee)
+            dtype = ra_var.value.dtype
             if self.momentum is None:
-                factor = 1.0 / new_count.astype(jnp.float32)
+                factor = 1.0 / new_count.astype(dtype)
             else:
-                factor = jnp.float32(self.momentum)
+                factor = jnp.asarray(self.momentum, dtype)
             unbiased = var * (n / (n - 1))
             ra_mean.value = (1 - factor) * ra_mean.value + factor * mean
             ra_var.value = (1 - factor) * ra_var.value + factor * unbiased

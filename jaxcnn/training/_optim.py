@@ -27,6 +27,7 @@ import dataclasses
 import math
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -130,12 +131,13 @@ def epoch_learning_rates(cfg: OptimizerConfig, epochs: int) -> list[float]:
 
 
 def lr_schedule(cfg: OptimizerConfig, steps_per_epoch: int, epochs: int) -> optax.Schedule:
-    """An optax schedule ``step -> lr`` (float32): epoch ``step // steps_per_epoch``'s rate,
-    the last epoch's beyond ``epochs``."""
+    """An optax schedule ``step -> lr`` (float32, or float64 where JAX runs with x64 enabled):
+    epoch ``step // steps_per_epoch``'s rate, the last epoch's beyond ``epochs``."""
     if steps_per_epoch < 1:
         raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
+    dtype = np.float64 if jax.config.jax_enable_x64 else np.float32
     with np.errstate(over="ignore"):  # a diverging schedule becomes inf (and is caught later)
-        table = jnp.asarray(np.asarray(epoch_learning_rates(cfg, epochs)).astype(np.float32))
+        table = jnp.asarray(np.asarray(epoch_learning_rates(cfg, epochs)).astype(dtype))
 
     def schedule(count: Any) -> Any:
         epoch = jnp.minimum(jnp.asarray(count) // steps_per_epoch, epochs - 1)

@@ -138,16 +138,22 @@ def bn_cancelled_biases(tm: torch.nn.Module) -> set[str]:
     """Biases of the Conv/Linear layers that a BatchNorm directly follows (in a Sequential):
     in training mode BatchNorm subtracts them again, so their exact gradient is zero and what
     an optimizer like Adam does with them is driven by rounding noise alone."""
+    return set(bn_cancelled_pairs(tm))
+
+
+def bn_cancelled_pairs(tm: torch.nn.Module) -> dict[str, str]:
+    """:func:`bn_cancelled_biases`, each mapped to the name of the BatchNorm module after it."""
     from .. import BatchNorm
 
     bn = (torch.nn.modules.batchnorm._BatchNorm, BatchNorm)
-    found = set()
+    found = {}
     for prefix, module in tm.named_modules():
         if isinstance(module, torch.nn.Sequential):
             children = list(module.named_children())
-            for (name, a), (_, b) in itertools.pairwise(children):
+            for (name, a), (bn_name, b) in itertools.pairwise(children):
                 if isinstance(b, bn) and getattr(a, "bias", None) is not None:
-                    found.add(f"{prefix}.{name}.bias" if prefix else f"{name}.bias")
+                    at = f"{prefix}." if prefix else ""
+                    found[f"{at}{name}.bias"] = f"{at}{bn_name}"
     return found
 
 
