@@ -503,16 +503,8 @@ def _record(case: Case, check: str, diff: float, bound: float) -> None:
         DIFFS[(case.id, check)] = (diff, bound)
 
 
-#: Runs expected to fail, by id (reason): none. resnet18 + momentum was one (issue 13: its
-#: step-2 batch holds a ReLU input within rounding of zero that jaxcnn's jitted float32 passes
-#: and float64 does not); the same-branch float64 side judges it now.
-XFAIL: dict[str, str] = {}
-
-
-@pytest.mark.parametrize(("case", "opt_name"), [
-    pytest.param(c, o, id=f"{c.id}-{o}", marks=[pytest.mark.xfail(
-        reason=XFAIL[f"{c.id}-{o}"], strict=False)] if f"{c.id}-{o}" in XFAIL else [])
-    for c, o in RUNS])
+@pytest.mark.parametrize(("case", "opt_name"),
+                         [pytest.param(c, o, id=f"{c.id}-{o}") for c, o in RUNS])
 def test_optimizer_steps_match_torch(case: Case, opt_name: str) -> None:
     power = _train_both(case, OPTIMIZERS[opt_name])
     assert power >= MIN_POWER, (f"{case.id}-{opt_name}: a step's largest update is only "

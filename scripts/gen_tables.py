@@ -85,25 +85,29 @@ def _bench_rows(root: Path, field: str) -> list[tuple[str, int, dict[str, float 
     return out
 
 
-def bench_train_table(root: Path = ROOT) -> str:
-    rows = ["| model | batch | " + " | ".join(FRAMEWORKS) + " | best / eager | best / compile |",
-            "| --- " * (len(FRAMEWORKS) + 4) + "|"]
-    for label, batch, v in _bench_rows(root, "train_images_per_s"):
+def _rate_table(root: Path, field: str, batch: bool, versus: dict[str, str]) -> str:
+    """Images/s of every framework per model, then jaxcnn's best row over each of ``versus``
+    (column title -> torch framework; the first ratio in bold when there are two)."""
+    head = ["model", *(["batch"] if batch else []), *FRAMEWORKS, *versus]
+    rows = ["| " + " | ".join(head) + " |", "| --- " * len(head) + "|"]
+    for label, size, v in _bench_rows(root, field):
         best = max((x for k, x in v.items() if k.startswith("jaxcnn") and x), default=None)
-        rows.append(f"| {label} | {batch} | " + " | ".join(_rate(v.get(f)) for f in FRAMEWORKS)
-                    + f" | **{_ratio(best, v.get('torch eager'))}** | "
-                    f"{_ratio(best, v.get('torch.compile'))} |")
+        ratios = [_ratio(best, v.get(fw)) for fw in versus.values()]
+        if len(ratios) > 1:
+            ratios[0] = f"**{ratios[0]}**"
+        cells = [label, *([str(size)] if batch else []), *(_rate(v.get(f)) for f in FRAMEWORKS),
+                 *ratios]
+        rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows) + "\n"
+
+
+def bench_train_table(root: Path = ROOT) -> str:
+    return _rate_table(root, "train_images_per_s", True,
+                       {"best / eager": "torch eager", "best / compile": "torch.compile"})
 
 
 def bench_infer_table(root: Path = ROOT) -> str:
-    rows = ["| model | " + " | ".join(FRAMEWORKS) + " | best / eager |",
-            "| --- " * (len(FRAMEWORKS) + 2) + "|"]
-    for label, _, v in _bench_rows(root, "infer_images_per_s"):
-        best = max((x for k, x in v.items() if k.startswith("jaxcnn") and x), default=None)
-        rows.append(f"| {label} | " + " | ".join(_rate(v.get(f)) for f in FRAMEWORKS)
-                    + f" | {_ratio(best, v.get('torch eager'))} |")
-    return "\n".join(rows) + "\n"
+    return _rate_table(root, "infer_images_per_s", False, {"best / eager": "torch eager"})
 
 
 def bench_epoch_table(root: Path = ROOT) -> str:

@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from torch_ref.crosscheck.compare import cpu_name
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -54,19 +56,13 @@ def main(argv: list[str]) -> int:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "bench" / "scaling-cpu.json")
     args = p.parse_args(argv)
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     runs = []
     for n in (int(d) for d in args.devices.split(",")):
         runs.append(measure(n, args.limit_train, args.limit_test, args.epochs))
         print(json.dumps(runs[-1]), flush=True)
     report = {"preset": "lenet_bn", "limit_train": args.limit_train,
               "limit_test": args.limit_test, "epochs": args.epochs,
-              "machine": {"cpu": cpu, "cores": os.cpu_count(), "python":
+              "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "python":
                           platform.python_version()}, "runs": runs}
     args.out.write_text(json.dumps(report, indent=1) + "\n")
     return 0

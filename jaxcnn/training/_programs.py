@@ -45,6 +45,11 @@ class Tuned:
         return cls(jitted, tuple(sorted(options.items()))) if options else jitted
 
 
+def _unpack(jitted: Any) -> tuple[Any, tuple[tuple[str, Any], ...]]:
+    """``(jitted function, compiler options)`` of a jitted function or a :class:`Tuned` one."""
+    return (jitted.jitted, jitted.options) if isinstance(jitted, Tuned) else (jitted, ())
+
+
 def _placement(x: Any) -> Any:
     """The part of an argument's sharding that selects a program: ``None`` on one device (or
     unspecified), else the devices and whether/how the array is split."""
@@ -64,10 +69,8 @@ def _spec(x: Any) -> Any:
 
 def _key(jitted: Callable[..., Any], args: tuple[Any, ...], static: dict[str, Any]) -> Hashable:
     leaves, treedef = jax.tree.flatten(args)
-    if isinstance(jitted, Tuned):
-        return (id(jitted.jitted), jitted.options, treedef, tuple(_spec(x) for x in leaves),
-                tuple(sorted(static.items())))
-    return (id(jitted), treedef, tuple(_spec(x) for x in leaves),
+    fn, options = _unpack(jitted)
+    return (id(fn), options, treedef, tuple(_spec(x) for x in leaves),
             tuple(sorted(static.items())))
 
 
@@ -97,10 +100,8 @@ def _submit(jitted: Any, args: tuple[Any, ...], static: dict[str, Any],
         abstract = jax.tree.map(_abstract, args)
 
         def compile_() -> Any:
-            if isinstance(jitted, Tuned):
-                lowered = jitted.jitted.lower(*abstract, **static)
-                return lowered.compile(compiler_options=dict(jitted.options))
-            return jitted.lower(*abstract, **static).compile()
+            fn, options = _unpack(jitted)
+            return fn.lower(*abstract, **static).compile(compiler_options=dict(options) or None)
 
         fut = _executor().submit(compile_) if background else Future()
         _cache[key] = fut

@@ -93,8 +93,7 @@ def precompile(config: TrainConfig, train_size: int, test_size: int,
 
     def block(shape: tuple[int, ...], dtype: Any = jnp.int32) -> jax.ShapeDtypeStruct:
         return jax.ShapeDtypeStruct(shape, dtype,
-                                    sharding=distributed.batch_sharding(shape, axis=1 if len(
-                                        shape) > 2 else -1))
+                                    sharding=distributed.batch_sharding(shape, axis=1))
 
     per_process = distributed.is_multi_process()  # gathered blocks, not indices
 

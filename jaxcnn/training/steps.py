@@ -115,12 +115,20 @@ def count_correct_scan(variables: Any, images: jax.Array, labels: jax.Array,
 
     def body(total: jax.Array, block: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, None]:
         idx, ok = block
-        logits = apply_fn(variables, inputs(images[idx], resize, precision), train=False)
-        hits = (jnp.argmax(logits, axis=1) == labels[idx]) & ok
-        return total + jnp.sum(hits, dtype=jnp.int32), None
+        return total + _masked_correct(apply_fn, variables, images[idx], labels[idx], ok,
+                                       resize, precision), None
 
     total, _ = lax.scan(body, jnp.zeros((), jnp.int32), (indices, valid))
     return total
+
+
+def _masked_correct(apply_fn: Callable[..., Any], variables: Any, images: jax.Array,
+                    labels: jax.Array, valid: jax.Array, resize: int | None, precision: str
+                    ) -> jax.Array:
+    """Correct eval-mode predictions (int32 scalar) on a uint8 ``(B, 28, 28)`` batch, counted
+    where ``valid`` (bool ``(B,)``) is set: the body of the one-call test passes."""
+    logits = apply_fn(variables, inputs(images, resize, precision), train=False)
+    return jnp.sum((jnp.argmax(logits, axis=1) == labels) & valid, dtype=jnp.int32)
 
 
 def eval_step(state: TrainState, images: jax.Array, labels: jax.Array, *,
@@ -179,9 +187,7 @@ def count_correct_blocks(variables: Any, images: jax.Array, labels: jax.Array, v
     ``labels``/``valid`` ``(K, B)``; int32 scalar."""
 
     def body(total: jax.Array, block: tuple[jax.Array, ...]) -> tuple[jax.Array, None]:
-        x, y, ok = block
-        logits = apply_fn(variables, inputs(x, resize, precision), train=False)
-        return total + jnp.sum((jnp.argmax(logits, axis=1) == y) & ok, dtype=jnp.int32), None
+        return total + _masked_correct(apply_fn, variables, *block, resize, precision), None
 
     total, _ = lax.scan(body, jnp.zeros((), jnp.int32), (images, labels, valid))
     return total

@@ -83,15 +83,18 @@ def _one_thread(loader: DataLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor
         yield batch
 
 
-def machine() -> dict[str, Any]:
-    """Where the numbers were measured: CPU, cores, devices, library versions."""
-    cpu = platform.processor() or platform.machine()
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
+            return next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
     except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
+        return platform.processor() or platform.machine()
+
+
+def machine() -> dict[str, Any]:
+    """Where the numbers were measured: CPU, cores, devices, library versions."""
+    return {"cpu": cpu_name(), "cores": os.cpu_count(), "platform": platform.platform(),
             "python": platform.python_version(), "jax": jax.__version__,
             "jax_device": str(jax.devices()[0].device_kind), "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(), "torchvision": torchvision.__version__}
