@@ -6,11 +6,12 @@ PY := .venv/bin/python
 setup:
 	./scripts/setup.sh
 
-# Tests spread over the CPUs by pytest-xdist, one test file per worker at a time (a file's
-# fixtures are built once); plain `.venv/bin/python -m pytest` runs them in one process.
+# Tests spread over the CPUs by pytest-xdist, one test file (or group of files that share
+# costly state: conftest.py's SHARED_GROUPS) per worker at a time, the slow groups first (a
+# group's fixtures are built once); plain `.venv/bin/python -m pytest` runs them in one process.
 test: setup
 	$(PY) -m ruff check jaxcnn torch_ref parity_tests tests
-	$(PY) -m pytest -n auto --dist loadfile
+	$(PY) -m pytest -n auto --dist loadfile --no-loadscope-reorder
 
 lint: setup
 	$(PY) -m ruff check jaxcnn torch_ref parity_tests tests

@@ -17,6 +17,7 @@ import torch
 
 import jaxcnn
 import torch_ref
+from jaxcnn.models.d2l_ch5 import VGG11_ARCH
 from jaxcnn.testing import (
     DEFAULT_RTOL,
     assert_close,
@@ -192,21 +193,34 @@ def test_nin_layer_output_shapes_match_the_seed_notes() -> None:
     assert torch_shapes == seed_shapes
 
 
+#: VGG-11's full widths (every convolution and the 4096-unit classifier) on 64-pixel inputs:
+#: the blocks end at 2x2, so the first Linear layer takes 512 * 2 * 2 features.
+VGG11_FULL_WIDTH_64 = Case("vgg", (("conv_arch", VGG11_ARCH), ("fc_features", 512 * 2 * 2)), 64)
+
+
 def test_full_size_vgg11_roundtrip_eval_output_and_gradients() -> None:
-    """VGG-11 at ratio 1 (129M parameters): the bit-exact weight round trip, the eval output,
-    and (batch 1, train mode, its two dropout masks) the output, loss and every gradient with
-    ``check_gradients``' two-link float64 referee. The full-width network has float32
-    near-ties in practically any input; the referee judges them instead of a search for an
-    input without one."""
+    """VGG-11 at ratio 1 (129M parameters, 224 px): the bit-exact weight round trip and the
+    eval output. Then the full widths at 64 px (``VGG11_FULL_WIDTH_64``, 28M parameters; the
+    same convolutions, 12x fewer pixels: the float64 referee at 224 px took 2 minutes), batch 1
+    in train mode with its two dropout masks: the output, loss and every gradient with
+    ``check_gradients``' two-link float64 referee, which judges any float32 near-tie (a ReLU
+    input within rounding of zero, a max-pool window's two largest inputs within rounding)
+    instead of a search for an input without one (the run prints the count of flips)."""
     case = Case("vgg11", (("ratio", 1),), 224)
     pair = make_pair(case)
     back = jaxcnn.to_torch_state_dict(pair.model, pair.variables)
     for key, value in pair.state_dict.items():
         assert np.array_equal(back[key], value.numpy()), key
-    x, y = inputs(case, 1, batch=1)
+    x, _ = inputs(case, 1, batch=1)
     with torch.no_grad():
         expected = pair.fresh_torch().eval()(torch.from_numpy(x)).numpy()
     got = np.asarray(pair.model.apply(pair.variables, jax_input(x)))
     check_close(case.id, "eval output", got, expected, "vgg11 (ratio 1): eval output")
+    case = VGG11_FULL_WIDTH_64
+    pair = make_pair(case)
+    assert [m.out_channels for m in jaxcnn.modules(pair.model)
+            if isinstance(m, jaxcnn.layers.Conv2d)
+            ] == [out for n, _, out in VGG11_ARCH for _ in range(n)]
+    x, y = inputs(case, 1, batch=1)
     _, _, masks = _train_apply(pair, pair.variables, x)
-    gradient_check(case.id, pair, x, y, masks)
+    gradient_check("vgg11 (full width, 64 px)", pair, x, y, masks)

@@ -7,12 +7,14 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 import torch
 
 import jaxcnn
 import torch_ref
 from jaxcnn.registry import get_spec
+from jaxcnn.training import create_train_state
 
 from ._cases import CASES, TEST_CONFIGS, Case
 
@@ -33,10 +35,14 @@ def test_both_sides_build_every_registered_model() -> None:
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_fresh_jaxcnn_model_is_distributed_like_a_fresh_torch_model(case: Case) -> None:
     """Same names and shapes as torch's state dict; weights and biases uniform within
-    +-1/sqrt(fan_in) with the matching spread; BatchNorm starts as torch's (or the book's)."""
+    +-1/sqrt(fan_in) with the matching spread; BatchNorm starts as torch's (or the book's).
+    The fresh state of ``jaxcnn.training.create_train_state``, as ``jaxcnn train`` makes it
+    (its one init program)."""
     model = jaxcnn.create_model(case.name, **case.kwargs)
     in_ch = jaxcnn.make_config(case.name, **case.kwargs).in_channels
-    variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, case.size, case.size, in_ch)))
+    state = create_train_state(model, jax.random.key(0), (1, case.size, case.size, in_ch),
+                               optax.identity())
+    variables = state.variables
     ours = jaxcnn.to_torch_state_dict(model, variables)
     torch.manual_seed(0)
     theirs = {k: v.numpy() for k, v in

@@ -42,20 +42,25 @@ def assert_close(got, ref, dtype, what: str) -> None:
     np.testing.assert_allclose(got, ref, rtol=tol, atol=tol * scale, err_msg=what)
 
 
+def normal(shape, seed: int, dtype=jnp.float32, scale: float = 1.0, shift: float = 0.0):
+    """Standard-normal values (numpy's generator: ``jax.random.normal`` compiles for a second
+    per new shape on the CPU), times ``scale`` plus ``shift``, as ``dtype``."""
+    values = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+    return jnp.asarray(values * np.float32(scale) + np.float32(shift), dtype)
+
+
 def values_and_grads(f, args, seed: int = 1):
     """``f(*args)`` and the gradients of ``<f(*args), ct>`` for a random cotangent ``ct``
     (jitted: one compilation instead of one per primitive)."""
+    leaves, tree = jax.tree.flatten(jax.eval_shape(f, *args))
+    ct = tree.unflatten([normal(o.shape, seed + i, o.dtype) for i, o in enumerate(leaves)])
 
     @jax.jit
-    def run(*a):
+    def run(a, cotangent):
         out, vjp = jax.vjp(f, *a)
-        leaves, tree = jax.tree.flatten(out)
-        keys = jax.random.split(jax.random.key(seed), len(leaves))
-        ct = tree.unflatten([jax.random.normal(k, o.shape, jnp.float32).astype(o.dtype)
-                             for k, o in zip(keys, leaves, strict=True)])
-        return out, vjp(ct)
+        return out, vjp(cotangent)
 
-    return run(*args)
+    return run(tuple(args), ct)
 
 
 def compare(fast, plain, args, dtype, what: str) -> None:
@@ -122,9 +127,8 @@ def test_conv2d_fast_matches_definition(case: ConvCase, dtype, monkeypatch) -> N
                 for a in range(2)), cout)
     assert conv_ops.use_patches(case.x, out, case.kernel, dtype) == case.patches
     assert conv_ops.use_col2im(out, case.kernel, case.stride, dtype) == case.col2im
-    kx, kk = jax.random.split(jax.random.key(0))
-    x = jax.random.normal(kx, case.x, jnp.float32).astype(dtype)
-    kernel = (jax.random.normal(kk, case.kernel, jnp.float32) * 0.3).astype(dtype)
+    x = normal(case.x, 0, dtype)
+    kernel = normal(case.kernel, 1, dtype, scale=0.3)
 
     def fast(a, b):
         return ops.conv2d_cpu(a, b, case.stride, case.padding)
@@ -132,7 +136,7 @@ def test_conv2d_fast_matches_definition(case: ConvCase, dtype, monkeypatch) -> N
     def plain(a, b):
         return ops.conv2d_xla(a, b, case.stride, case.padding)
 
-    assert fast(x, kernel).shape == out
+    assert jax.eval_shape(fast, x, kernel).shape == out
     compare(fast, plain, (x, kernel), dtype, f"conv2d {case.name}")
 
 
@@ -208,7 +212,7 @@ def test_max_pool2d_gradient_follows_torch_ties_and_nans(pool) -> None:
 @pytest.mark.parametrize("shape", [(96, 6), (7, 3), (64, 128), (512, 16)],
                          ids=lambda s: f"{s[0]}x{s[1]}")
 def test_channel_sum_fast_matches_definition(shape, dtype) -> None:
-    x = jax.random.normal(jax.random.key(0), shape, jnp.float32).astype(dtype)
+    x = normal(shape, 0, dtype)
     compare(norm_ops.channel_sum_cpu, norm_ops.channel_sum_xla, (x,), dtype,
             f"channel_sum {shape}")
 
@@ -217,10 +221,9 @@ def test_channel_sum_fast_matches_definition(shape, dtype) -> None:
 @pytest.mark.parametrize("divide", [False, True], ids=["rsqrt", "book"])
 @pytest.mark.parametrize("shape", [(96, 6), (7, 3), (64, 128)], ids=lambda s: f"{s[0]}x{s[1]}")
 def test_batch_norm_fast_matches_definition(shape, divide: bool, dtype) -> None:
-    kx, ks, kb = jax.random.split(jax.random.key(0), 3)
-    x = (jax.random.normal(kx, shape, jnp.float32) * 3 + 1).astype(dtype)
-    scale = (1 + 0.1 * jax.random.normal(ks, shape[1:], jnp.float32)).astype(dtype)
-    bias = (0.1 * jax.random.normal(kb, shape[1:], jnp.float32)).astype(dtype)
+    x = normal(shape, 0, dtype, scale=3.0, shift=1.0)
+    scale = normal(shape[1:], 1, dtype, scale=0.1, shift=1.0)
+    bias = normal(shape[1:], 2, dtype, scale=0.1)
 
     def run(mode: str):
         def f(a, s, b):
@@ -307,9 +310,9 @@ def test_mode_is_chosen_at_trace_time_and_jitted_functions_retrace() -> None:
 def test_lenet_bn_forward_and_gradients_agree_across_modes() -> None:
     """A whole model (conv: shift and im2col paths, max pool, batch norm) under both modes."""
     model = create_model("lenet_bn")
-    x = jax.random.normal(jax.random.key(1), (16, 28, 28, 1))
+    x = normal((16, 28, 28, 1), 1)
     variables = model.init(jax.random.key(0), x[:1])
-    ct = jax.random.normal(jax.random.key(2), (16, 10))
+    ct = normal((16, 10), 2)
 
     def loss(params):
         logits, state = model.apply({**variables, "params": params}, x, train=True,
@@ -332,3 +335,4 @@ def test_lenet_bn_forward_and_gradients_agree_across_modes() -> None:
 
 def _is_part(t) -> bool:
     return isinstance(t, dict)
+

@@ -146,6 +146,10 @@ def _rank_main(rank: int, world_size: int, work: Path) -> None:
         if rank == 0:
             torch.save({"step_loss": np.array(losses), "state_dict": state_dict_numpy(model)},
                        work / "result.pt")
+        # Every rank done before any tears gloo down: without it a rank still in its last
+        # collective could abort ("terminate called without an active exception", seen once
+        # on a loaded 2-core machine).
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
