@@ -335,4 +335,3 @@ def test_lenet_bn_forward_and_gradients_agree_across_modes() -> None:
 
 def _is_part(t) -> bool:
     return isinstance(t, dict)
-
