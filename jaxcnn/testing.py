@@ -39,8 +39,15 @@ REFEREE_C = 2.0
 EXACT_ZERO = 1e-10
 
 
+def _float(x: Any) -> np.ndarray:
+    """``x`` as a numpy array of a float dtype numpy computes in (float32 and float64 kept,
+    anything else as float64)."""
+    a = np.asarray(x)
+    return a if a.dtype in (np.float32, np.float64) else a.astype(np.float64)
+
+
 def _max_abs(x: Any) -> float:
-    e = np.asarray(x, dtype=np.float64)
+    e = _float(x)  # |x| and max are exact in the input's own precision
     return float(np.max(np.abs(e))) if e.size else 0.0
 
 
@@ -62,11 +69,14 @@ def grad_scales(grads: Mapping[str, Any]) -> dict[str, float]:
 
 
 def max_abs_diff(actual: Any, expected: Any) -> float:
-    a = np.asarray(actual, dtype=np.float64)
-    e = np.asarray(expected, dtype=np.float64)
+    """``max |actual - expected|``, computed in float64 (one temporary array)."""
+    a, e = _float(actual), _float(expected)
     if a.shape != e.shape:
         raise AssertionError(f"shape {a.shape} != reference shape {e.shape}")
-    return float(np.max(np.abs(a - e))) if a.size else 0.0
+    if not a.size:
+        return 0.0
+    d = np.subtract(a, e, dtype=np.float64)
+    return float(np.max(np.abs(d, out=d) if d.ndim else np.abs(d)))
 
 
 def assert_close(actual: Any, expected: Any, what: str, rtol: float = DEFAULT_RTOL,

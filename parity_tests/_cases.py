@@ -16,7 +16,7 @@ import jaxcnn
 import torch_ref
 from jaxcnn.registry import get_spec
 
-from ._branches import branches, on_branches
+from ._branches import REFEREE_COMPILER_OPTIONS, branches, on_branches
 
 #: A small custom VGG (with dropout layers) for 28-pixel inputs.
 SMALL_VGG = {"conv_arch": ((1, 1, 8), (2, 8, 16)), "fc_features": 16 * 7 * 7,
@@ -174,7 +174,8 @@ def jax_fns(case: Case) -> tuple[Any, Any, Any, Any]:
 
     has_dropout = any(isinstance(m, jaxcnn.layers.Dropout) for m in jaxcnn.modules(model))
     return ((jax.jit(draw_masks) if has_dropout else None), branches(loss_fn),
-            branches(loss_fn), on_branches(loss_fn))
+            branches(loss_fn, REFEREE_COMPILER_OPTIONS),
+            on_branches(loss_fn, REFEREE_COMPILER_OPTIONS))
 
 
 def jax_input(x: np.ndarray) -> jax.Array:
