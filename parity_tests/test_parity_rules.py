@@ -86,3 +86,29 @@ def test_report_explains_ties_without_failing() -> None:
     assert report.ok
     assert f"tie: {TIE_NOTE}" in " ".join(line.strip() for line in str(report).splitlines())
     assert str(report).splitlines()[-1] == "result: OK, every layer within tolerance"
+
+
+@pytest.mark.parametrize(("actual", "expected", "diff"), [
+    (np.float32([1.0, 2.0]), np.float64([1.0, 2.5]), 0.5),
+    (np.float32([1.0 + 2**-23]), np.float32([1.0]), 2.0**-23),  # float32's last bit, kept
+    (np.float32([1.0]), np.float64([1.0 + 2**-40]), 2.0**-40),  # below float32's resolution
+    (np.float32(1.0) + np.float32(1e-8), np.float64(1.0), 0.0),  # 0-d; 1e-8 rounds away
+    (np.int64([1, 2]), np.float32([1.5, 2.0]), 0.5),
+    (np.array([True, False]), np.array([0, 0]), 1.0),
+    (np.array([[1.0]], dtype="bfloat16"), np.float32([[1.25]]), 0.25),
+    (np.float32([1.0, np.nan]), np.float32([1.0, 1.0]), np.nan),
+    (np.zeros((0, 3), np.float32), np.zeros((0, 3)), 0.0),
+])
+def test_max_abs_diff_is_float64_exact(actual: np.ndarray, expected: np.ndarray,
+                                        diff: float) -> None:
+    """``max_abs_diff`` (no float64 copies of its inputs) against the plain float64
+    computation, over dtypes, 0-d, empty and NaN inputs; ``tolerance``'s scale likewise."""
+    got = max_abs_diff(actual, expected)
+    plain = np.abs(np.asarray(actual, np.float64) - np.asarray(expected, np.float64))
+    assert (np.isnan(got) and np.isnan(diff)) or got == diff == (plain.max() if plain.size
+                                                                 else 0.0)
+    if np.size(expected):
+        assert tolerance(expected) == 1e-5 * max(1.0, float(np.max(np.abs(
+            np.asarray(expected, np.float64)))))
+    with pytest.raises(AssertionError, match="shape"):
+        max_abs_diff(np.zeros(2), np.zeros(3))
