@@ -168,11 +168,11 @@ def test_run_precompiles_every_program_it_uses(small_data, monkeypatch):
     compiled_later = []
     real = _programs._submit
 
-    def spy(jitted, args, static, background):
+    def spy(jitted, args, static, background, identity=None):
         key = _programs._key(jitted, args, static)
         if key not in asked:
             compiled_later.append(getattr(jitted, "__name__", repr(jitted)))
-        return real(jitted, args, static, background)
+        return real(jitted, args, static, background, identity)
 
     monkeypatch.setattr(_programs, "_submit", spy)
     result = train(config, datasets=small_data, log=None, progress=False)

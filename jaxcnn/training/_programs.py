@@ -8,6 +8,10 @@ and the data loading. The results are the same programs: :func:`call` runs the c
 executable of ``jitted.lower(*args, **static)``, which is what ``jitted(*args, **static)`` runs.
 Arguments spread over several devices (:mod:`jaxcnn.distributed`) are compiled for their
 sharding (``jax.ShapeDtypeStruct(..., sharding=...)``), which is part of the cache key.
+
+Given an ``identity`` (a stable description of what the traced function closes over: the run's
+configuration), a program compiled in an earlier process is loaded from :mod:`._store`
+without tracing or lowering it, and a new one is kept there for later processes.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import jax
+
+from . import _store
 
 #: Compiled programs kept per process (least recently used first out).
 CACHE_SIZE = 64
@@ -89,8 +95,28 @@ def _abstract(x: Any) -> Any:
                                 sharding=sharding)
 
 
+def _compile(jitted: Any, abstract: tuple[Any, ...], static: dict[str, Any],
+             identity: str | None) -> Any:
+    """``jitted.lower(*abstract, **static).compile()``, or the same program from
+    :mod:`._store` when ``identity`` is given and an earlier process kept it."""
+    fn, options = _unpack(jitted)
+    name = None
+    if identity is not None:
+        name = _store.key(identity, fn, options, jax.tree.leaves(abstract), static)
+        args_tree = jax.tree.structure((abstract, {}))
+        shared = _store.shared_objects(fn, args_tree, static)
+        program = _store.load(name, args_tree, shared) if name is not None else None
+        if program is not None:
+            return program
+    hits = _store.jax_cache_hits()
+    program = fn.lower(*abstract, **static).compile(compiler_options=dict(options) or None)
+    if name is not None and _store.jax_cache_hits() == hits:  # compiled here: keep it
+        _store.save(name, program, shared)
+    return program
+
+
 def _submit(jitted: Any, args: tuple[Any, ...], static: dict[str, Any],
-            background: bool) -> Future:
+            background: bool, identity: str | None = None) -> Future:
     key = _key(jitted, args, static)
     with _lock:
         fut = _cache.get(key)
@@ -100,8 +126,7 @@ def _submit(jitted: Any, args: tuple[Any, ...], static: dict[str, Any],
         abstract = jax.tree.map(_abstract, args)
 
         def compile_() -> Any:
-            fn, options = _unpack(jitted)
-            return fn.lower(*abstract, **static).compile(compiler_options=dict(options) or None)
+            return _compile(jitted, abstract, static, identity)
 
         fut = _executor().submit(compile_) if background else Future()
         _cache[key] = fut
@@ -115,11 +140,15 @@ def _submit(jitted: Any, args: tuple[Any, ...], static: dict[str, Any],
     return fut
 
 
-def precompile(jitted: Any, *args: Any, **static: Any) -> None:
+def precompile(jitted: Any, *args: Any, identity: str | None = None, **static: Any) -> None:
     """Start compiling ``jitted`` (or a :class:`Tuned` one) for arguments shaped like ``args``
     (arrays or ``jax.ShapeDtypeStruct``s; ``static``: its static keyword arguments) in a
-    background thread; :func:`call` with such arguments then uses (or waits for) that program."""
-    _submit(jitted, args, static, background=True)
+    background thread; :func:`call` with such arguments then uses (or waits for) that program.
+    ``identity``: describes everything static that the program depends on beyond the
+    arguments' shapes, its static arguments of plain types and the environment (a model's
+    ``apply``, an optimizer: the configuration they were built from); with it, the program is
+    kept across processes (:mod:`._store`). Give it only when it is complete."""
+    _submit(jitted, args, static, background=True, identity=identity)
 
 
 def call(jitted: Any, *args: Any, **static: Any) -> Any:

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from .. import distributed
 from ..data import DeviceDataset, load_splits, num_batches, split_sizes
 from ..models import build_model
+from ..registry import get_spec
 from . import _programs
 from ._checkpoint import CheckpointError, Checkpoints, write_config, write_metrics
 from ._lock import WorkdirLock
@@ -57,19 +58,27 @@ def _model_and_tx(config_json: str, steps_per_epoch: int) -> tuple[nn.Module, An
 
 
 def _model_tx_shape(config: TrainConfig, steps_per_epoch: int
-                    ) -> tuple[nn.Module, Any, tuple[int, int, int, int]]:
+                    ) -> tuple[nn.Module, Any, tuple[int, int, int, int], str | None]:
+    """The model, the optimizer, the init input shape, and the identity of the programs they
+    make (the configuration that builds both, for :func:`_programs.precompile`). A model
+    registered from outside this package has none: its code is not part of the program
+    store's key (:mod:`._store`), so its programs are not kept across processes."""
     key = dict(config.to_dict(), seed=0, limit_train=None, limit_test=None)
     if config.optimizer.schedule == "constant":  # the optimizer does not depend on them
         key["epochs"], steps_per_epoch = 1, 1
-    model, tx = _model_and_tx(json.dumps(key, sort_keys=True), steps_per_epoch)
+    identity = json.dumps(key, sort_keys=True)
+    model, tx = _model_and_tx(identity, steps_per_epoch)
     in_channels = config.model_cfg().in_channels
-    return model, tx, (1, config.input_size, config.input_size, in_channels)
+    ours = all(getattr(x, "__module__", "").startswith("jaxcnn.")
+               for x in (get_spec(config.model).build, type(config.model_cfg())))
+    return (model, tx, (1, config.input_size, config.input_size, in_channels),
+            f"{identity} steps_per_epoch={steps_per_epoch}" if ours else None)
 
 
 def init_state(config: TrainConfig, steps_per_epoch: int) -> tuple[nn.Module, TrainState]:
     """The model of ``config`` and its fresh state (``PRNGKey(seed)``, torch-default init),
     replicated over the devices of :mod:`jaxcnn.distributed` (the same values on every count)."""
-    model, tx, shape = _model_tx_shape(config, steps_per_epoch)
+    model, tx, shape, _ = _model_tx_shape(config, steps_per_epoch)
     state = create_train_state(model, jax.random.PRNGKey(config.seed), shape, tx)
     return model, distributed.put_replicated(state)
 
@@ -82,9 +91,9 @@ def precompile(config: TrainConfig, train_size: int, test_size: int,
     that they compile concurrently with each other and with the data loading; the run then
     uses them (:mod:`jaxcnn.training._programs`). Only shapes are needed."""
     bs = config.batch_size
-    model, tx, shape = _model_tx_shape(config, num_batches(train_size, bs))
+    model, tx, shape, identity = _model_tx_shape(config, num_batches(train_size, bs))
     everywhere = distributed.replicated()
-    state = distributed.abstract(abstract_train_state(model, shape, tx), everywhere)
+    state = distributed.abstract(abstract_train_state(model, shape, tx, identity), everywhere)
     static = {"resize": config.resize, "precision": config.precision}
 
     def data(n: int) -> tuple[jax.ShapeDtypeStruct, jax.ShapeDtypeStruct]:
@@ -112,7 +121,7 @@ def precompile(config: TrainConfig, train_size: int, test_size: int,
                                  block((rows, width)), **static)
         else:
             _programs.precompile(train_scan, state, *data(train_size), block((rows, width)),
-                                 **static)
+                                 identity=identity, **static)
     idx, _ = eval_blocks(test_size, bs)
     variables = variables_of(state.params, state.batch_stats)
     if per_process:
@@ -121,7 +130,8 @@ def precompile(config: TrainConfig, train_size: int, test_size: int,
                              apply_fn=model.apply, **static)
     else:
         _programs.precompile(count_correct_scan, variables, *data(test_size), block(idx.shape),
-                             block(idx.shape, jnp.bool_), apply_fn=model.apply, **static)
+                             block(idx.shape, jnp.bool_), identity=identity,
+                             apply_fn=model.apply, **static)
 
 
 def _template_of(meta: dict[str, Any]) -> TrainState:

@@ -93,11 +93,14 @@ def create_train_state(model: nn.Module, key: jax.Array, input_shape: tuple[int,
 
 
 def abstract_train_state(model: nn.Module, input_shape: tuple[int, ...],
-                         optimizer: optax.GradientTransformation) -> TrainState:
+                         optimizer: optax.GradientTransformation, identity: str | None = None
+                         ) -> TrainState:
     """The :class:`TrainState` of :func:`create_train_state` as shapes
     (``jax.ShapeDtypeStruct`` leaves), computed without running or compiling anything; starts
-    compiling the init program in the background (:func:`~._programs.precompile`)."""
+    compiling the init program in the background (:func:`~._programs.precompile`; ``identity``:
+    the configuration that built ``model`` and ``optimizer``, to keep the program across
+    processes)."""
     key = jax.ShapeDtypeStruct((2,), jnp.uint32)
     x = jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32)
-    _programs.precompile(init_program(model, optimizer), key, x)
+    _programs.precompile(init_program(model, optimizer), key, x, identity=identity)
     return jax.eval_shape(_jitted_fresh_state(model, optimizer), key, x)
