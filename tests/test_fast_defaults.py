@@ -15,7 +15,7 @@ import pytest
 
 import jaxcnn
 from jaxcnn import runtime
-from jaxcnn.data import DeviceDataset, split_sizes
+from jaxcnn.data import split_sizes
 from jaxcnn.training import (
     TrainConfig,
     _programs,
@@ -89,16 +89,6 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
               for mode in ("0", "1")}
     assert faults["0"] > 20 * 5_000
     assert faults["1"] < faults["0"] / 20
-
-
-@pytest.fixture(scope="module")
-def small_data():
-    rng = np.random.default_rng(0)
-    train_ds = DeviceDataset.from_arrays(rng.integers(0, 256, (700, 28, 28), dtype=np.uint8),
-                                         rng.integers(0, 10, 700))
-    test_ds = DeviceDataset.from_arrays(rng.integers(0, 256, (300, 28, 28), dtype=np.uint8),
-                                        rng.integers(0, 10, 300))
-    return train_ds, test_ds
 
 
 def test_precompiled_program_is_the_jitted_one(small_data):

@@ -16,23 +16,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcnn.data import DeviceDataset
 from jaxcnn.ops import use_kernels
 from jaxcnn.training import OptimizerConfig, TrainConfig, _programs, _store, train
 from jaxcnn.training.steps import train_scan, train_step
 
 CONFIG = TrainConfig(model="lenet_bn", batch_size=128, epochs=1,
                      optimizer=OptimizerConfig(name="adam", lr=1e-3))
-
-
-@pytest.fixture
-def data():
-    rng = np.random.default_rng(0)
-    train_ds = DeviceDataset.from_arrays(rng.integers(0, 256, (700, 28, 28), dtype=np.uint8),
-                                         rng.integers(0, 10, 700))
-    test_ds = DeviceDataset.from_arrays(rng.integers(0, 256, (300, 28, 28), dtype=np.uint8),
-                                        rng.integers(0, 10, 300))
-    return train_ds, test_ds
 
 
 @pytest.fixture
@@ -76,19 +65,19 @@ def _assert_same(a, b):
         np.testing.assert_array_equal(u, v)
 
 
-def test_a_later_run_loads_every_program_without_compiling(data, store, monkeypatch):
+def test_a_later_run_loads_every_program_without_compiling(small_data, store, monkeypatch):
     """The first run compiles its four programs (init, the 5-step training call, the partial
     last batch, the test pass) and keeps them; a new process (a fresh in-process cache) loads
     all four, traces and compiles none, and trains bit for bit as the first run. Then one file
     is damaged: the next process compiles that program again, replaces the file, and still
     trains the same."""
     calls = _spy(monkeypatch)
-    first = _run(data)
+    first = _run(small_data)
     assert calls == {"load": [False] * 4, "save": [True] * 4}
     assert len(list(store.iterdir())) == 4
     monkeypatch.setattr(_programs, "_cache", OrderedDict())
     calls["load"].clear(), calls["save"].clear()
-    _assert_same(first, _run(data))
+    _assert_same(first, _run(small_data))
     assert calls == {"load": [True] * 4, "save": []}
 
     victim = sorted(store.iterdir())[0]
@@ -97,7 +86,7 @@ def test_a_later_run_loads_every_program_without_compiling(data, store, monkeypa
     victim.write_bytes(bytes(blob))
     monkeypatch.setattr(_programs, "_cache", OrderedDict())
     calls["load"].clear(), calls["save"].clear()
-    _assert_same(first, _run(data))
+    _assert_same(first, _run(small_data))
     assert sorted(calls["load"]) == [False, True, True, True] and calls["save"] == [True]
     assert victim.read_bytes() != bytes(blob)  # replaced by a good one
 
