@@ -103,9 +103,10 @@ def _compile(jitted: Any, abstract: tuple[Any, ...], static: dict[str, Any],
     name = None
     if identity is not None:
         name = _store.key(identity, fn, options, jax.tree.leaves(abstract), static)
+    if name is not None:
         args_tree = jax.tree.structure((abstract, {}))
         shared = _store.shared_objects(fn, args_tree, static)
-        program = _store.load(name, args_tree, shared) if name is not None else None
+        program = _store.load(name, args_tree, shared)
         if program is not None:
             return program
     hits = _store.jax_cache_hits()

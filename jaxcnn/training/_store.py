@@ -57,8 +57,6 @@ _NOT_PROGRAM = ("cache", "log")
 
 
 _local = threading.local()
-_listening = threading.Lock()
-_listener: list[Callable[..., None]] = []
 
 
 def _count_hit(event: str, **_: Any) -> None:
@@ -66,13 +64,12 @@ def _count_hit(event: str, **_: Any) -> None:
         _local.hits = getattr(_local, "hits", 0) + 1
 
 
+jax.monitoring.register_event_listener(_count_hit)
+
+
 def jax_cache_hits() -> int:
     """How many programs this thread has loaded from JAX's persistent cache so far (JAX
     reports each hit in the compiling thread): a compilation that adds one was not fresh."""
-    with _listening:
-        if not _listener:
-            jax.monitoring.register_event_listener(_count_hit)
-            _listener.append(_count_hit)
     return getattr(_local, "hits", 0)
 
 
@@ -133,8 +130,7 @@ def fingerprint() -> str:
 def key(identity: str, fn: Callable[..., Any], options: tuple[tuple[str, Any], ...],
         leaves: list[Any], static: dict[str, Any]) -> str | None:
     """The file name of a program, or None when it cannot be kept (an argument placed on
-    several devices, several processes, a static argument that is not described by
-    ``identity`` and has no stable text). ``leaves``: the flattened positional arguments
+    several devices, or several processes). ``leaves``: the flattened positional arguments
     (arrays or ``jax.ShapeDtypeStruct``); a static argument of a plain type is part of the
     key, any other one (a model's ``apply``) must be described by ``identity``."""
     if jax.process_count() != 1:
