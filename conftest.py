@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -21,6 +24,47 @@ SHARED_GROUPS = {
 SLOW_GROUPS = ("jax_fns", "dist_runs", "tests/test_training.py",
                "parity_tests/test_registry_and_init.py", "parity_tests/test_parity_graph.py",
                "parity_tests/test_parity_report.py")
+
+
+#: JAX's persistent compilation cache of the run (``pytest_configure``): programs compiled
+#: since this many seconds are kept, so that an identical program compiled again by another
+#: test, worker or child process is loaded instead.
+XLA_CACHE_MIN_COMPILE_SECS = "0.2"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One XLA program cache for the whole run, in a fresh folder (removed at the end): the
+    pytest-xdist workers and every process a test starts (``jaxcnn train``, ``jaxcnn bench``,
+    a nested pytest) inherit it through ``$JAX_COMPILATION_CACHE_DIR``, so a program that
+    several tests compile (the same model, shapes and options) is compiled once; a test that
+    needs its own cache sets its own. The user's cache (``~/.cache/jaxcnn/xla``) is never
+    read or written. jaxcnn's program store (``jaxcnn.training._store``) stays off in the
+    test processes: tests patch jaxcnn's functions, which its keys cannot see (JAX's keys,
+    computed from the compiled program itself, can)."""
+    if "JAXCNN_TEST_XLA_CACHE" not in os.environ:  # the run's first process: make the folder
+        folder = tempfile.mkdtemp(prefix="jaxcnn-test-xla-")
+        os.environ["JAXCNN_TEST_XLA_CACHE"] = folder
+        config.stash[_OWN_CACHE] = folder
+    folder = os.environ["JAXCNN_TEST_XLA_CACHE"]
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = folder
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = XLA_CACHE_MIN_COMPILE_SECS
+    import jax
+
+    from jaxcnn.training import _store
+
+    jax.config.update("jax_compilation_cache_dir", folder)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                      float(XLA_CACHE_MIN_COMPILE_SECS))
+    _store.ENABLED = False
+
+
+_OWN_CACHE = pytest.StashKey[str]()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    folder = config.stash.get(_OWN_CACHE, None)
+    if folder:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def group_of(nodeid: str) -> str:

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.experimental.compilation_cache.compilation_cache import reset_cache
 
 from jaxcnn.ops import use_kernels
 from jaxcnn.training import OptimizerConfig, TrainConfig, _programs, _store, train
@@ -26,11 +27,18 @@ CONFIG = TrainConfig(model="lenet_bn", batch_size=128, epochs=1,
 
 @pytest.fixture
 def store(tmp_path, monkeypatch):
-    """The store in a fresh folder, and a fresh in-process program cache (a new process)."""
+    """The store on, in a fresh folder, and a fresh in-process program cache (a new process);
+    JAX's persistent cache (the suite's, see the root conftest.py) off, so that every program
+    is compiled here."""
     folder = tmp_path / "programs"
+    monkeypatch.setattr(_store, "ENABLED", True)
     monkeypatch.setattr(_store, "directory", lambda: folder)
     monkeypatch.setattr(_programs, "_cache", OrderedDict())
-    return folder
+    jax.config.update("jax_enable_compilation_cache", False)
+    reset_cache()
+    yield folder
+    jax.config.update("jax_enable_compilation_cache", True)
+    reset_cache()
 
 
 def _spy(monkeypatch):
@@ -91,14 +99,18 @@ def test_a_later_run_loads_every_program_without_compiling(small_data, store, mo
     assert victim.read_bytes() != bytes(blob)  # replaced by a good one
 
 
-def test_without_jax_cache_nothing_is_kept():
-    """The store lives in JAX's compilation cache folder and is off when that cache is."""
+def test_without_jax_cache_nothing_is_kept(monkeypatch):
+    """The store lives in JAX's compilation cache folder and is off when that cache is (or
+    when switched off)."""
+    monkeypatch.setattr(_store, "ENABLED", True)
     before = jax.config.jax_compilation_cache_dir
     try:
         jax.config.update("jax_compilation_cache_dir", None)
         assert _store.directory() is None
         jax.config.update("jax_compilation_cache_dir", "/some/where")
         assert _store.directory() == Path("/some/where") / _store.FOLDER
+        monkeypatch.setattr(_store, "ENABLED", False)
+        assert _store.directory() is None
     finally:
         jax.config.update("jax_compilation_cache_dir", before)
 

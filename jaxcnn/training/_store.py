@@ -73,10 +73,16 @@ def jax_cache_hits() -> int:
     return getattr(_local, "hits", 0)
 
 
+#: Off: no program is kept or loaded (JAX's own cache is unaffected). The test suite turns it off
+#: in its processes, whose tests patch jaxcnn's functions at run time (a change the key cannot
+#: see), and on again in the store's own tests.
+ENABLED = True
+
+
 def directory() -> Path | None:
-    """The store's folder, or None when JAX's persistent compilation cache is off."""
+    """The store's folder, or None when it or JAX's persistent compilation cache is off."""
     base = jax.config.jax_compilation_cache_dir
-    if not base or not jax.config.jax_enable_compilation_cache:
+    if not ENABLED or not base or not jax.config.jax_enable_compilation_cache:
         return None
     return Path(base) / FOLDER
 
