@@ -92,9 +92,12 @@ class Pair:
     variables: dict[str, Any]
 
     def fresh_torch(self) -> torch.nn.Module:
-        """A torch model with this pair's initial weights (the cached one may be trained)."""
-        m = torch_ref.create_model(self.case.name, **self.case.kwargs)
-        m.load_state_dict(self.state_dict)
+        """A torch model with this pair's initial weights (the cached one may be trained):
+        built without storage or initialisation (on the meta device; AlexNet's init alone
+        takes over a second), then given copies of the weights."""
+        with torch.device("meta"):
+            m = torch_ref.create_model(self.case.name, **self.case.kwargs)
+        m.load_state_dict({k: v.clone() for k, v in self.state_dict.items()}, assign=True)
         return m
 
     @functools.cached_property
