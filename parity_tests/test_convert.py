@@ -11,7 +11,15 @@ import jaxcnn
 import torch_ref
 from jaxcnn.testing import assert_close
 
-from ._cases import CASES, Case, inputs, jax_input, make_pair, torch_output_to_numpy
+from ._cases import (
+    CASES,
+    Case,
+    inputs,
+    jax_input,
+    jitted_apply,
+    make_pair,
+    torch_output_to_numpy,
+)
 
 IDS = [c.id for c in CASES]
 
@@ -102,7 +110,7 @@ def test_safetensors_file_opens_in_torch(case: Case, tmp_path) -> None:
     x, _ = inputs(case)
     with torch.no_grad():
         expected = torch_output_to_numpy(tm(torch.from_numpy(x)))
-    got = np.asarray(pair.model.apply(pair.variables, jax_input(x)))
+    got = np.asarray(jitted_apply(pair.model)(pair.variables, jax_input(x)))
     assert_close(got, expected, f"{case.id}: output after the safetensors round trip")
 
     reread = jaxcnn.from_torch_state_dict(pair.model, jaxcnn.load_safetensors(path))

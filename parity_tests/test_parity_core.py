@@ -36,6 +36,7 @@ from ._cases import (
     inputs,
     jax_fns,
     jax_input,
+    jitted_apply,
     make_pair,
     record,
     torch_output_to_numpy,
@@ -50,8 +51,8 @@ def _train_apply(pair, variables, x, masks=None):
     v = dict(variables)
     if masks is not None:
         v["dropout_masks"] = masks
-    out, state = pair.model.apply(
-        v, jax_input(x), train=True, mutable=["batch_stats", "dropout_masks"],
+    out, state = jitted_apply(pair.model)(
+        v, jax_input(x), train=True, mutable=("batch_stats", "dropout_masks"),
         rngs={"dropout": jax.random.key(7)},
     )
     return out, state.get("batch_stats", {}), state.get("dropout_masks", {})
@@ -64,7 +65,7 @@ def test_eval_outputs_match(case: Case) -> None:
     tm = pair.fresh_torch().eval()
     with torch.no_grad():
         expected = torch_output_to_numpy(tm(torch.from_numpy(x)))
-    got = np.asarray(pair.model.apply(pair.variables, jax_input(x), train=False))
+    got = np.asarray(jitted_apply(pair.model)(pair.variables, jax_input(x), train=False))
     assert got.shape == expected.shape, f"{case.id}: output shape {got.shape} != {expected.shape}"
     check_close(case.id, "eval output", got, expected, f"{case.id}: eval output")
 
@@ -160,7 +161,7 @@ def test_batchnorm_state_after_1_and_10_batches_then_eval(case: Case) -> None:
     x, _ = inputs(case, seed=999)
     with torch.no_grad():
         expected_eval = tm.eval()(torch.from_numpy(x)).numpy()
-    got_eval = np.asarray(pair.model.apply(variables, jax_input(x), train=False))
+    got_eval = np.asarray(jitted_apply(pair.model)(variables, jax_input(x), train=False))
     check_close(case.id, "BN eval output after 10 batches", got_eval, expected_eval,
                 f"{case.id}: eval output after 10 training batches")
 
@@ -214,7 +215,7 @@ def test_full_size_vgg11_roundtrip_eval_output_and_gradients() -> None:
     x, _ = inputs(case, 1, batch=1)
     with torch.no_grad():
         expected = pair.fresh_torch().eval()(torch.from_numpy(x)).numpy()
-    got = np.asarray(pair.model.apply(pair.variables, jax_input(x)))
+    got = np.asarray(jitted_apply(pair.model)(pair.variables, jax_input(x)))
     check_close(case.id, "eval output", got, expected, "vgg11 (ratio 1): eval output")
     case = VGG11_FULL_WIDTH_64
     pair = make_pair(case)
