@@ -26,10 +26,12 @@ SLOW_GROUPS = ("jax_fns", "dist_runs", "tests/test_training.py",
                "parity_tests/test_parity_report.py")
 
 
-#: JAX's persistent compilation cache of the run (``pytest_configure``): programs compiled
-#: since this many seconds are kept, so that an identical program compiled again by another
-#: test, worker or child process is loaded instead.
-XLA_CACHE_MIN_COMPILE_SECS = "0.2"
+#: JAX's persistent compilation cache of the run (``pytest_configure``): programs whose
+#: compilation took at least this many seconds are kept, so that an identical program compiled
+#: again by another test, worker or child process is loaded instead.
+XLA_CACHE_MIN_COMPILE_SECS = 0.2
+#: The folder this process made (and removes at the end); absent in the processes that inherit it.
+_OWN_CACHE = pytest.StashKey[str]()
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -47,18 +49,14 @@ def pytest_configure(config: pytest.Config) -> None:
         config.stash[_OWN_CACHE] = folder
     folder = os.environ["JAXCNN_TEST_XLA_CACHE"]
     os.environ["JAX_COMPILATION_CACHE_DIR"] = folder
-    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = XLA_CACHE_MIN_COMPILE_SECS
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = str(XLA_CACHE_MIN_COMPILE_SECS)
     import jax
 
     from jaxcnn.training import _store
 
     jax.config.update("jax_compilation_cache_dir", folder)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs",
-                      float(XLA_CACHE_MIN_COMPILE_SECS))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", XLA_CACHE_MIN_COMPILE_SECS)
     _store.ENABLED = False
-
-
-_OWN_CACHE = pytest.StashKey[str]()
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -34,10 +34,11 @@ def store(tmp_path, monkeypatch):
     monkeypatch.setattr(_store, "ENABLED", True)
     monkeypatch.setattr(_store, "directory", lambda: folder)
     monkeypatch.setattr(_programs, "_cache", OrderedDict())
+    enabled = jax.config.jax_enable_compilation_cache
     jax.config.update("jax_enable_compilation_cache", False)
     reset_cache()
     yield folder
-    jax.config.update("jax_enable_compilation_cache", True)
+    jax.config.update("jax_enable_compilation_cache", enabled)
     reset_cache()
 
 
