@@ -86,10 +86,11 @@ def init_state(config: TrainConfig, steps_per_epoch: int) -> tuple[nn.Module, Tr
 def precompile(config: TrainConfig, train_size: int, test_size: int,
                steps_per_call: int | None = None, image_shape: tuple[int, int] = (28, 28)
                ) -> None:
-    """Start compiling, in background threads, every program a run of ``config`` on
-    ``train_size``/``test_size`` examples needs (init, the training calls, the test pass), so
-    that they compile concurrently with each other and with the data loading; the run then
-    uses them (:mod:`jaxcnn.training._programs`). Only shapes are needed."""
+    """Start compiling, in the background, every program a run of ``config`` on
+    ``train_size``/``test_size`` examples needs, in the order the run needs them (init, the
+    training calls, the partial last batch, the test pass), so that they compile while the
+    data loads and the first steps run; the run then uses them
+    (:mod:`jaxcnn.training._programs`). Only shapes are needed."""
     bs = config.batch_size
     model, tx, shape, identity = _model_tx_shape(config, num_batches(train_size, bs))
     everywhere = distributed.replicated()
