@@ -335,3 +335,49 @@ def test_lenet_bn_forward_and_gradients_agree_across_modes() -> None:
 
 def _is_part(t) -> bool:
     return isinstance(t, dict)
+
+
+@pytest.mark.parametrize("mode", ["auto", "xla"])
+@pytest.mark.parametrize("divide", [False, True], ids=["rsqrt", "book"])
+@pytest.mark.parametrize("rows_per_example", [1, 9], ids=["1d", "2d"])
+def test_weighted_batch_norm_is_the_real_rows_batch_norm(mode, divide, rows_per_example):
+    """A batch padded with weight-0 examples (the epoch's partial last batch): y on the real
+    rows, the statistics and the gradients (x, scale, bias) are batch_norm_train's on the real
+    rows alone, padding rows get no gradient; with every weight 1 the plain path's numbers, bit
+    for bit."""
+    n_real, n_pad, c = 5, 3, 4
+    m = (n_real + n_pad) * rows_per_example
+    x = normal((m, c), 0, jnp.float32, scale=3.0, shift=1.0)
+    scale = normal((c,), 1, jnp.float32, scale=0.1, shift=1.0)
+    bias = normal((c,), 2, jnp.float32, scale=0.1)
+    g = normal((m, c), 3, jnp.float32)
+    real = n_real * rows_per_example
+    g = g.at[real:].set(0.0)  # the loss gives padding rows no gradient
+    weights = jnp.array([1.0] * n_real + [0.0] * n_pad)
+
+    def loss(a, s, b, w):
+        with norm_ops.example_weights(w):
+            y, mean, var = ops.batch_norm_train(a, s, b, 1e-5, divide)
+        return jnp.sum(y * g[:len(a)]), (y, mean, var)
+
+    with ops.use_kernels(mode):
+        grads, (y, mean, var) = jax.jit(jax.grad(loss, (0, 1, 2), has_aux=True))(
+            x, scale, bias, weights)
+        ref_grads, (ref_y, ref_mean, ref_var) = jax.jit(jax.grad(loss, (0, 1, 2), has_aux=True))(
+            x[:real], scale, bias, None)
+        for got, want, what in [(y[:real], ref_y, "y"), (mean, ref_mean, "mean"),
+                                (var, ref_var, "var"), (grads[0][:real], ref_grads[0], "dx"),
+                                (grads[1], ref_grads[1], "dscale"),
+                                (grads[2], ref_grads[2], "dbias")]:
+            assert_close(got, want, jnp.float32, f"weighted batch norm {what} ({mode})")
+        assert not np.any(np.asarray(grads[0][real:])), "padding rows got a gradient"
+
+        ones = jax.jit(jax.grad(loss, (0, 1, 2), has_aux=True))(x, scale, bias, jnp.ones(8))
+        plain = jax.jit(jax.grad(loss, (0, 1, 2), has_aux=True))(x, scale, bias, None)
+        for a, b in zip(jax.tree.leaves(ones), jax.tree.leaves(plain), strict=True):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_weighted_batch_norm_refuses_rows_that_do_not_split_over_the_examples():
+    with norm_ops.example_weights(jnp.ones(3)), pytest.raises(ValueError, match="3 weighted"):
+        ops.batch_norm_train(jnp.ones((10, 2)), jnp.ones(2), jnp.zeros(2), 1e-5)

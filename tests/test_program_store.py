@@ -75,19 +75,19 @@ def _assert_same(a, b):
 
 
 def test_a_later_run_loads_every_program_without_compiling(small_data, store, monkeypatch):
-    """The first run compiles its four programs (init, the 5-step training call, the partial
-    last batch, the test pass) and keeps them; a new process (a fresh in-process cache) loads
-    all four, traces and compiles none, and trains bit for bit as the first run. Then one file
-    is damaged: the next process compiles that program again, replaces the file, and still
-    trains the same."""
+    """The first run compiles its three programs (init, the 6-step training call with the
+    partial last batch padded into it, the test pass) and keeps them; a new process (a fresh
+    in-process cache) loads all three, traces and compiles none, and trains bit for bit as the
+    first run. Then one file is damaged: the next process compiles that program again,
+    replaces the file, and still trains the same."""
     calls = _spy(monkeypatch)
     first = _run(small_data)
-    assert calls == {"load": [False] * 4, "save": [True] * 4}
-    assert len(list(store.iterdir())) == 4
+    assert calls == {"load": [False] * 3, "save": [True] * 3}
+    assert len(list(store.iterdir())) == 3
     monkeypatch.setattr(_programs, "_cache", OrderedDict())
     calls["load"].clear(), calls["save"].clear()
     _assert_same(first, _run(small_data))
-    assert calls == {"load": [True] * 4, "save": []}
+    assert calls == {"load": [True] * 3, "save": []}
 
     victim = sorted(store.iterdir())[0]
     blob = bytearray(victim.read_bytes())
@@ -96,7 +96,7 @@ def test_a_later_run_loads_every_program_without_compiling(small_data, store, mo
     monkeypatch.setattr(_programs, "_cache", OrderedDict())
     calls["load"].clear(), calls["save"].clear()
     _assert_same(first, _run(small_data))
-    assert sorted(calls["load"]) == [False, True, True, True] and calls["save"] == [True]
+    assert sorted(calls["load"]) == [False, True, True] and calls["save"] == [True]
     assert victim.read_bytes() != bytes(blob)  # replaced by a good one
 
 

@@ -15,6 +15,7 @@ import numpy as np
 from jax import lax
 
 from ..ops import batch_norm_train
+from ..ops.norm import weighted_rows
 from .base import Layer, ShapeError, TorchVar
 
 
@@ -101,7 +102,11 @@ class _TorchBatchNorm(Layer):
                 factor = 1.0 / new_count.astype(dtype)
             else:
                 factor = jnp.asarray(self.momentum, dtype)
+            real = weighted_rows(n)  # n, or the real rows of a padded batch
             unbiased = var * (n / (n - 1))
+            if not isinstance(real, int):  # the same factor when every row is real
+                real = real.astype(var.dtype)
+                unbiased = jnp.where(real == n, unbiased, var * (real / (real - 1)))
             ra_mean.value = (1 - factor) * ra_mean.value + factor * mean
             ra_var.value = (1 - factor) * ra_var.value + factor * unbiased
             count.value = new_count

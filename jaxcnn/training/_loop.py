@@ -28,6 +28,7 @@ from .steps import (
     count_correct,
     count_correct_blocks,
     count_correct_scan,
+    epoch_blocks,
     train_blocks,
     train_scan,
     train_step,
@@ -159,10 +160,12 @@ def train_epoch(state: TrainState, dataset: Dataset, *, batch_size: int, epoch: 
 
     A :class:`~jaxcnn.data.DeviceDataset` is trained ``steps_per_call`` updates per compiled
     call (:func:`~jaxcnn.training.train_scan`; default ``None``:
-    :func:`~jaxcnn.training.auto_steps_per_call` of the epoch's full batches), in the same
-    order and with the same updates as one by one; the partial last batch is one more call,
-    and host syncs happen once per call. ``steps_per_call=1`` runs one
-    :func:`~jaxcnn.training.train_step` per batch (any dataset: :meth:`Dataset.batches`).
+    :func:`~jaxcnn.training.auto_steps_per_call` of the epoch's batches), in the same order
+    and with the same updates as one by one (to float rounding); the partial last batch is
+    padded into the last call (:func:`~jaxcnn.training.epoch_blocks`: one program for the
+    epoch when the calls divide it evenly), and host syncs happen once per call.
+    ``steps_per_call=1`` runs one :func:`~jaxcnn.training.train_step` per batch (any
+    dataset: :meth:`Dataset.batches`).
     ``precision``: see :func:`train_step`. On several devices (:mod:`jaxcnn.distributed`)
     every index block is sharded along the batch, also with ``steps_per_call=1``.
     """
@@ -201,8 +204,10 @@ def train_epoch(state: TrainState, dataset: Dataset, *, batch_size: int, epoch: 
 
     pending: dict[str, jax.Array] | None = None  # the previous call's metrics, (K,) each
     if steps_per_call is None:
-        held = _on_device(dataset) is not None or _per_process(dataset) is not None
-        steps_per_call = auto_steps_per_call(n // batch_size) if held else 1
+        if _per_process(dataset) is not None:
+            steps_per_call = auto_steps_per_call(n // batch_size)
+        else:
+            steps_per_call = auto_steps_per_call(nbatch) if _on_device(dataset) is not None else 1
     for program, batch in _calls(dataset, batch_size, seed, epoch, steps_per_call):
         if program is train_step:
             state, metrics = train_step(state, *batch, resize=resize, precision=precision)
@@ -224,12 +229,14 @@ def train_epoch(state: TrainState, dataset: Dataset, *, batch_size: int, epoch: 
 
 def _calls(dataset: Dataset, batch_size: int, seed: int, epoch: int, steps_per_call: int
            ) -> Iterator[tuple[Callable[..., Any], tuple[jax.Array, ...]]]:
-    """The epoch's work as ``(program, arguments)``: ``(images, labels)`` batches for
-    :func:`train_step`; with ``steps_per_call > 1`` or a mesh, ``(images, labels, indices)``
-    for ``train_scan`` (blocks placed by :func:`jaxcnn.distributed.put_batch`, sharded along
-    the batch), or, with several processes, the gathered ``(images, labels)`` blocks of
-    :func:`jaxcnn.distributed.put_local_blocks` for ``train_blocks``; then the partial last
-    batch, in :meth:`DeviceDataset.batches` order."""
+    """The epoch's work as ``(program, arguments)``, in :meth:`DeviceDataset.batches` order:
+    ``(images, labels)`` batches for :func:`train_step`; with ``steps_per_call > 1`` or a mesh,
+    ``(images, labels, indices, weights)`` for ``train_scan`` (:func:`epoch_blocks`: the
+    partial last batch padded into the last block; placed by
+    :func:`jaxcnn.distributed.put_batch`, sharded along the batch), or, with several
+    processes, the gathered ``(images, labels)`` blocks of
+    :func:`jaxcnn.distributed.put_local_blocks` for ``train_blocks``, then the partial last
+    batch as one more call."""
     host = _per_process(dataset)
     if host is None and steps_per_call == 1 and (distributed.mesh() is None
                                                  or _on_device(dataset) is None):
@@ -242,13 +249,15 @@ def _calls(dataset: Dataset, batch_size: int, seed: int, epoch: int, steps_per_c
                         f"(jaxcnn.data.DeviceDataset), got {type(dataset).__name__}")
     n = len(dataset)
     order = epoch_order(seed, epoch - 1, n).astype(np.int32)
+    if host is None:  # the partial last batch padded into the last block
+        for idx, weights in epoch_blocks(order, batch_size, steps_per_call):
+            yield train_scan, (*arrays, distributed.put_batch(idx),
+                               distributed.put_batch(weights))
+        return
     rest = order[n // batch_size * batch_size:]
     blocks = chunk_indices(order, batch_size, steps_per_call) + ([rest[None]] if len(rest) else [])
     for block in blocks:  # the partial last batch: one more call of one update
-        if host is not None:
-            yield train_blocks, distributed.put_local_blocks(*host, block)
-        else:
-            yield train_scan, (*arrays, distributed.put_batch(block))
+        yield train_blocks, distributed.put_local_blocks(*host, block)
 
 
 def fit(state: TrainState, train_ds: Dataset, test_ds: Dataset, *, epochs: int,

@@ -88,8 +88,9 @@ def precompile(config: TrainConfig, train_size: int, test_size: int,
                ) -> None:
     """Start compiling, in the background, every program a run of ``config`` on
     ``train_size``/``test_size`` examples needs, in the order the run needs them (init, the
-    training calls, the partial last batch, the test pass), so that they compile while the
-    data loads and the first steps run; the run then uses them
+    training calls with the partial last batch padded into them (with several processes: one
+    more call), the test pass), so that they compile while the data loads and the first steps
+    run; the run then uses them
     (:mod:`jaxcnn.training._programs`). Only shapes are needed."""
     bs = config.batch_size
     model, tx, shape, identity = _model_tx_shape(config, num_batches(train_size, bs))
@@ -110,19 +111,23 @@ def precompile(config: TrainConfig, train_size: int, test_size: int,
     def images(shape: tuple[int, int]) -> jax.ShapeDtypeStruct:
         return block((*shape, *image_shape), jnp.uint8)
 
-    full, rest = divmod(train_size, bs)
-    k = steps_per_call or auto_steps_per_call(full)
-    scan = k > 1 or distributed.mesh() is not None  # several devices: always train_scan
-    blocks = {k} if full >= k and scan else set()
-    if scan and full % k:
-        blocks.add(full % k)
-    for rows, width in [*((b, bs) for b in blocks), *([(1, rest)] if rest and scan else [])]:
-        if per_process:
+    if per_process:  # full blocks, then the partial last batch as one more call
+        full, rest = divmod(train_size, bs)
+        k = steps_per_call or auto_steps_per_call(full)
+        blocks = {k} if full >= k else set()
+        if full % k:
+            blocks.add(full % k)
+        for rows, width in [*((b, bs) for b in blocks), *([(1, rest)] if rest else [])]:
             _programs.precompile(train_blocks, state, images((rows, width)),
                                  block((rows, width)), **static)
-        else:
-            _programs.precompile(train_scan, state, *data(train_size), block((rows, width)),
-                                 identity=identity, **static)
+    else:  # every batch, the partial last one padded (epoch_blocks): usually one program
+        steps = num_batches(train_size, bs)
+        k = steps_per_call or auto_steps_per_call(steps)
+        if k > 1 or distributed.mesh() is not None:  # else train_step, batch by batch
+            for rows in {min(k, steps), *([steps % k] if steps % k else [])}:
+                _programs.precompile(train_scan, state, *data(train_size), block((rows, bs)),
+                                     block((rows, bs), jnp.float32), identity=identity,
+                                     **static)
     idx, _ = eval_blocks(test_size, bs)
     variables = variables_of(state.params, state.batch_stats)
     if per_process:

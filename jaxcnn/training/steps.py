@@ -22,6 +22,7 @@ import optax
 from jax import lax
 
 from ..data import preprocess
+from ..ops.norm import example_weights
 from ._state import TrainState, variables_of
 
 
@@ -39,19 +40,31 @@ def inputs(images: jax.Array, resize: int | None, precision: str) -> jax.Array:
 
 
 def update(state: TrainState, images: jax.Array, labels: jax.Array, resize: int | None,
-           precision: str = "float32") -> tuple[TrainState, dict[str, jax.Array]]:
+           precision: str = "float32", weights: jax.Array | None = None
+           ) -> tuple[TrainState, dict[str, jax.Array]]:
     """The body of :func:`train_step` (not jitted: for ``lax.scan`` and the like); the
-    arguments and results are train_step's."""
+    arguments and results are train_step's.
+
+    ``weights`` (float ``(B,)``: 1 for a real example, 0 for padding) trains on the real
+    examples of a padded batch only: the loss is their mean, the BatchNorm statistics are
+    theirs (:func:`jaxcnn.ops.norm.example_weights`), the metrics count them, and padding
+    gets no gradient; with all weights 1 it is the plain update."""
     x = inputs(images, resize, precision)
     dropout_key, step_key = jax.random.split(state.dropout_key)
 
     def loss_fn(params: Any) -> tuple[jax.Array, tuple[jax.Array, Any]]:
-        logits, updates = state.apply_fn(
-            variables_of(params, state.batch_stats), x, train=True,
-            mutable=["batch_stats"], rngs={"dropout": step_key},
-        )
+        with example_weights(weights):
+            logits, updates = state.apply_fn(
+                variables_of(params, state.batch_stats), x, train=True,
+                mutable=["batch_stats"], rngs={"dropout": step_key},
+            )
         logits = logits.astype(jnp.float32)
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+        losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+        if weights is None:
+            loss = losses.mean()
+        else:
+            w = weights.astype(losses.dtype)  # times 1 / count, as XLA computes the mean
+            loss = jnp.sum(losses * w) * (1.0 / jnp.sum(w))
         return loss, (logits, updates.get("batch_stats", state.batch_stats))
 
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -59,10 +72,16 @@ def update(state: TrainState, images: jax.Array, labels: jax.Array, resize: int 
     params = optax.apply_updates(state.params, updates)
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                               opt_state=opt_state, dropout_key=dropout_key)
+    hits = jnp.argmax(logits, axis=1) == labels
+    if weights is None:
+        correct, count = hits, jnp.asarray(labels.shape[0], jnp.int32)
+    else:
+        real = weights > 0
+        correct, count = hits & real, jnp.sum(real, dtype=jnp.int32)
     metrics = {
         "loss": loss,
-        "correct": jnp.sum(jnp.argmax(logits, axis=1) == labels).astype(jnp.int32),
-        "count": jnp.asarray(labels.shape[0], jnp.int32),
+        "correct": jnp.sum(correct).astype(jnp.int32),
+        "count": count,
         # everything a checkpoint saves: parameters, BatchNorm statistics, optimizer state
         "finite": jnp.isfinite(loss) & all_finite((params, batch_stats, opt_state)),
     }
@@ -139,14 +158,17 @@ def eval_step(state: TrainState, images: jax.Array, labels: jax.Array, *,
 
 @partial(jax.jit, static_argnames=("resize", "precision"), donate_argnums=(0,))
 def train_scan(state: TrainState, images: jax.Array, labels: jax.Array, indices: jax.Array,
-                *, resize: int | None = None, precision: str = "float32"
-                ) -> tuple[TrainState, dict[str, jax.Array]]:
+               weights: jax.Array | None = None, *, resize: int | None = None,
+               precision: str = "float32") -> tuple[TrainState, dict[str, jax.Array]]:
     """``K`` consecutive updates; update ``k`` trains on ``images[indices[k]]``.
 
     Args:
       state: the :class:`TrainState` (donated: do not reuse the argument).
       images: the whole uint8 dataset ``(N, 28, 28)``; labels: int32 ``(N,)``.
       indices: int32 ``(K, B)``, each row one batch's example indices.
+      weights: optional float32 ``(K, B)``: 1 for a real example, 0 for padding (a partial
+        batch filled up to ``B``, e.g. the epoch's last one, :func:`epoch_blocks`); each
+        update then trains on its real examples only (:func:`update`).
       resize: static output size of the preprocessing, or ``None`` for 28.
       precision: as :func:`~jaxcnn.training.train_step`'s.
 
@@ -156,11 +178,16 @@ def train_scan(state: TrainState, images: jax.Array, labels: jax.Array, indices:
     """
     if indices.ndim != 2:
         raise ValueError(f"indices must be (steps, batch), got shape {tuple(indices.shape)}")
+    if weights is not None and weights.shape != indices.shape:
+        raise ValueError(f"weights must have the shape of indices {tuple(indices.shape)}, got "
+                         f"{tuple(weights.shape)}")
 
-    def body(state: TrainState, idx: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
-        return update(state, images[idx], labels[idx], resize, precision)
+    def body(state: TrainState, block: tuple[jax.Array, jax.Array | None]
+             ) -> tuple[TrainState, dict[str, jax.Array]]:
+        idx, w = block
+        return update(state, images[idx], labels[idx], resize, precision, w)
 
-    return lax.scan(body, state, indices)
+    return lax.scan(body, state, (indices, weights))
 
 
 @partial(jax.jit, static_argnames=("resize", "precision"), donate_argnums=(0,))
@@ -202,6 +229,26 @@ def auto_steps_per_call(full_batches: int, target: int = 64) -> int:
         return max(full_batches, 1)
     best = max(d for d in range(1, target + 1) if full_batches % d == 0)
     return best if best >= target // 4 else target
+
+
+def epoch_blocks(order: np.ndarray, batch_size: int, steps_per_call: int
+                 ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """An epoch's batches of ``order`` as :func:`train_scan` arguments: ``(indices, weights)``
+    blocks of at most ``steps_per_call`` batches, int32 and float32 ``(K, B)``. A trailing
+    partial batch is filled up to ``batch_size`` with index 0 at weight 0, so that it needs no
+    program of its own: ``ceil(len(order) / batch_size)`` updates in all, the same ones (to
+    float rounding) as unpadded batches."""
+    if batch_size < 1 or steps_per_call < 1:
+        raise ValueError(f"batch_size and steps_per_call must be >= 1, got {batch_size}, "
+                         f"{steps_per_call}")
+    steps = -(-len(order) // batch_size)
+    idx = np.zeros(steps * batch_size, np.int32)
+    idx[:len(order)] = order
+    weights = np.zeros(steps * batch_size, np.float32)
+    weights[:len(order)] = 1.0
+    idx, weights = idx.reshape(steps, batch_size), weights.reshape(steps, batch_size)
+    return [(idx[i:i + steps_per_call], weights[i:i + steps_per_call])
+            for i in range(0, steps, steps_per_call)]
 
 
 def chunk_indices(order: np.ndarray, batch_size: int, steps_per_call: int
