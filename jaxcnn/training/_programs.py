@@ -32,13 +32,15 @@ from . import _store
 
 #: Compiled programs kept per process (least recently used first out).
 CACHE_SIZE = 64
-#: Background compilation threads: one per two CPUs, at most 4. On a 2-core CPU one thread,
-#: compiling the programs in the order a run needs them (init, the training call, the partial
-#: last batch, the test pass), started a cold ``jaxcnn train --preset lenet_bn --epochs 2``
-#: sooner than two or four threads (12.5-13.4 s against 13.0-13.7 s with two, 10.3-11.0 s
-#: against 8.8-9.4 s for one LeNet epoch with four): concurrent XLA compilations slow each
-#: other down, and the first one is the one the run waits for.
-COMPILE_THREADS = min(4, max(1, (os.cpu_count() or 2) // 2))
+#: Background compilation threads: one per CPU, at most 4, taking the programs in the order a
+#: run needs them (init, the training call, the test pass). Concurrent XLA compilations slow
+#: each other down on a 2-core CPU: with a fourth program (the partial last batch, before it
+#: was padded into the training call) four threads started a cold LeNet epoch 1.4 s later than
+#: one (10.3-11.0 s against 8.8-9.4 s for `jaxcnn train --preset lenet --epochs 1`); with the
+#: three programs of today two threads compile init and the training call side by side and
+#: finish first (LeNet-BN, one cold epoch, 4 alternating pairs: 8.4-10.8 s against
+#: 10.0-11.4 s with one thread).
+COMPILE_THREADS = max(1, min(4, os.cpu_count() or 1))
 
 _lock = threading.Lock()
 _cache: OrderedDict[Hashable, Future] = OrderedDict()
