@@ -41,9 +41,10 @@ class EpochRow:
 def bench_epoch(name: str, preset: str, *, data_dir: str | os.PathLike[str] | None = None,
                 limit_train: int | None = None, limit_test: int | None = None,
                 seed: int = 0) -> list[EpochRow]:
-    """Two epochs of the book's loop in jaxcnn (one step per call, then the whole epoch's
-    full batches in one call), then in torch eager (same batch order); a row per framework
-    with the first epoch's times and accuracies and the second epoch's time."""
+    """Two epochs of the book's loop in jaxcnn (one step per call, then the whole epoch in one
+    call: its batches, the partial last one padded), then in torch eager (same batch order);
+    a row per framework with the first epoch's times and accuracies and the second epoch's
+    time."""
     config = PRESETS[preset][0]
     if config.resize is not None:
         raise ValueError(f"the epoch benchmark is for the 28x28 models, not {name}")
@@ -64,7 +65,7 @@ def bench_epoch(name: str, preset: str, *, data_dir: str | os.PathLike[str] | No
         train_s = len(train_ds) / h.images_per_sec
         note = "compilation included"
         if steps_per_call > 1:
-            note += f"; the {len(train_ds) // batch} full batches in one call"
+            note += f"; the epoch's {nbatch} batches in one call (the partial one padded)"
         rows.append(EpochRow(name, framework, batch, len(train_ds), data_s, train_s,
                              h.time - train_s, data_s + h.time, h.train_acc, h.test_acc,
                              h2.time, note))

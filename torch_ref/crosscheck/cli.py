@@ -26,7 +26,6 @@ from jaxcnn.cli.options import (
     resolve,
 )
 from jaxcnn.data import DataError
-from jaxcnn.runtime import tune_allocator
 from jaxcnn.testing import DEFAULT_RTOL
 from jaxcnn.training import PRESETS, default_preset
 
@@ -306,9 +305,6 @@ def run_bench(args: argparse.Namespace) -> int:
     torch.set_num_threads(threads)
     if warning:
         print(f"jaxcnn bench: warning: {warning}", file=sys.stderr)
-    # the host set-up of `jaxcnn train` (glibc keeps XLA's per-call temporary buffer in the
-    # heap); one process, so both frameworks run under it
-    tuned = tune_allocator()
 
     def log(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
@@ -324,7 +320,6 @@ def run_bench(args: argparse.Namespace) -> int:
     report["command"] = "jaxcnn bench " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["bench"]
                                                    else sys.argv[1:])
     report["settings"]["threads"] = threads
-    report["settings"]["tuned_allocator"] = tuned
     print(bench.format_report(report))
     if args.profile:
         for name in args.models:
