@@ -107,8 +107,8 @@ def replicated() -> NamedSharding | None:
 def batch_sharding(shape: tuple[int, ...], axis: int = -1) -> NamedSharding | None:
     """The sharding of an index block ``(K, B)`` (or ``(B,)``; ``axis=1`` for an image block
     ``(K, B, H, W)``): split along ``B`` over the mesh; replicated when ``B`` does not divide
-    (the epoch's partial last batch: every device then computes that whole batch, the same
-    result); ``None`` without a mesh."""
+    (with several processes, the epoch's partial last batch: every device then computes that
+    whole batch, the same result; one process pads it to ``B``); ``None`` without a mesh."""
     if _mesh is None:
         return None
     axis %= len(shape)
@@ -170,9 +170,9 @@ def put_replicated(tree: Any) -> Any:
 
 
 def put_batch(block: np.ndarray) -> jax.Array:
-    """An int32/bool index block ``(K, B)`` on the devices, sharded by :func:`batch_sharding`.
-    Every process passes the whole global block (a pure function of the seed and epoch) and
-    places only its devices' part."""
+    """An index, mask or weight block ``(K, B)`` (int32, bool, float32) on the devices,
+    sharded by :func:`batch_sharding`. Every process passes the whole global block (a pure
+    function of the seed and epoch) and places only its devices' part."""
     block = np.asarray(block)
     sharding = batch_sharding(block.shape)
     if sharding is None:

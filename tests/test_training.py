@@ -13,6 +13,7 @@ import pytest
 
 from jaxcnn import create_model
 from jaxcnn.data import DeviceDataset, load_fashion_mnist, preprocess
+from jaxcnn.layers import ShapeError
 from jaxcnn.training import (
     PRESETS,
     CheckpointError,
@@ -301,7 +302,9 @@ def test_chunk_indices_cover_the_full_batches_in_order():
     (23, 4, 2, [(2, 4), (2, 4), (2, 4)], [4, 4, 4, 4, 4, 3]),  # the partial batch padded
     (24, 4, 4, [(4, 4), (2, 4)], [4] * 6),  # no partial batch
     (3, 8, 5, [(1, 8)], [3]),  # smaller than one batch
-    (9, 4, 3, [(3, 4)], [4, 4, 1]),  # one call for the whole epoch
+    (10, 4, 3, [(3, 4)], [4, 4, 2]),  # one call for the whole epoch
+    # a single example left over stays its own batch (a BatchNorm refuses it, naming itself)
+    (9, 4, 3, [(2, 4), (1, 1)], [4, 4, 1]),
 ])
 def test_epoch_blocks_pad_the_partial_batch(n, batch, k, shapes, real):
     order = np.arange(n)[::-1].astype(np.int32)
@@ -309,13 +312,24 @@ def test_epoch_blocks_pad_the_partial_batch(n, batch, k, shapes, real):
     assert [idx.shape for idx, _ in blocks] == shapes
     assert all(w.shape == idx.shape and w.dtype == np.float32 and idx.dtype == np.int32
                for idx, w in blocks)
-    idx = np.concatenate([i for i, _ in blocks])
-    weights = np.concatenate([w for _, w in blocks])
-    assert weights.sum(axis=1).tolist() == real
-    np.testing.assert_array_equal(idx[weights > 0], order)  # every example once, in order
-    assert not idx[weights == 0].any()  # padding: index 0 at weight 0
+    assert [int(row.sum()) for _, w in blocks for row in w] == real
+    taken = np.concatenate([i[w > 0] for i, w in blocks])
+    np.testing.assert_array_equal(taken, order)  # every example once, in order
+    assert not any(i[w == 0].any() for i, w in blocks)  # padding: index 0 at weight 0
     with pytest.raises(ValueError, match="steps_per_call"):
         epoch_blocks(order, batch, 0)
+
+
+def test_a_single_leftover_example_is_refused_by_batchnorm_by_name():
+    """One example left over at the end of an epoch stays its own batch (not padded): a
+    BatchNorm1d cannot train on it, and says so (as torch does) instead of the NaN that a
+    padded batch of one real example would give its running variance."""
+    _, state = init_state(resolve_config("lenet_bn"), 3)
+    rng = np.random.default_rng(0)
+    data = DeviceDataset.from_arrays(rng.integers(0, 256, (2 * 16 + 1, 28, 28), dtype=np.uint8),
+                                     rng.integers(0, 10, (2 * 16 + 1,), dtype=np.int32))
+    with pytest.raises(ShapeError, match="more than 1 value per channel"):
+        train_epoch(state, data, batch_size=16, epoch=1, progress=False)
 
 
 @pytest.mark.parametrize("preset", ["lenet", "lenet_bn", "lenet_bn_scratch"])

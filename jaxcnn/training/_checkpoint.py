@@ -220,9 +220,10 @@ class Checkpoints:
         if not (where / "meta").is_dir():
             raise DamagedCheckpoint(f"checkpoint {where} is incomplete: its meta/ is missing",
                                     epoch)
+        ocp = _orbax()
         try:
             meta = self._manager.restore(
-                epoch, args=_orbax().args.Composite(meta=_orbax().args.JsonRestore())).meta
+                epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
         except Exception as e:
             raise DamagedCheckpoint(f"checkpoint {where} is damaged: its metadata cannot be "
                                     f"read ({_short(e)})", epoch) from e

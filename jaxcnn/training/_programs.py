@@ -1,12 +1,12 @@
 """Compiled programs, compiled ahead of use in the background.
 
-A run needs a handful of XLA programs (the state's init, the K-step training call, the partial
-last batch, the test pass). ``jax.jit`` compiles each on its first call, one after the other;
-here they are compiled from their shapes alone, in background threads
-(:data:`COMPILE_THREADS`), in the order they were asked for, as soon as the run knows them
-(before the data has loaded), so that they overlap the data loading and, for those needed
-later, the first training steps. The results are the same programs: :func:`call` runs the
-compiled executable of ``jitted.lower(*args, **static)``, which is what
+A run needs a handful of XLA programs (the state's init, the K-step training call with the
+partial last batch padded into it, the test pass). ``jax.jit`` compiles each on its first
+call, one after the other; here they are compiled from their shapes alone, in background
+threads (:data:`COMPILE_THREADS`), in the order they were asked for, as soon as the run knows
+them (before the data has loaded), so that they overlap the data loading and, for those
+needed later, the first training steps. The results are the same programs: :func:`call` runs
+the compiled executable of ``jitted.lower(*args, **static)``, which is what
 ``jitted(*args, **static)`` runs. Arguments spread over several devices
 (:mod:`jaxcnn.distributed`) are compiled for their sharding
 (``jax.ShapeDtypeStruct(..., sharding=...)``), which is part of the cache key.
@@ -32,15 +32,16 @@ from . import _store
 
 #: Compiled programs kept per process (least recently used first out).
 CACHE_SIZE = 64
-#: Background compilation threads: one per CPU, at most 4, taking the programs in the order a
-#: run needs them (init, the training call, the test pass). Concurrent XLA compilations slow
-#: each other down on a 2-core CPU: with a fourth program (the partial last batch, before it
-#: was padded into the training call) four threads started a cold LeNet epoch 1.4 s later than
-#: one (10.3-11.0 s against 8.8-9.4 s for `jaxcnn train --preset lenet --epochs 1`); with the
-#: three programs of today two threads compile init and the training call side by side and
-#: finish first (LeNet-BN, one cold epoch, 4 alternating pairs: 8.4-10.8 s against
-#: 10.0-11.4 s with one thread).
-COMPILE_THREADS = max(1, min(4, os.cpu_count() or 1))
+#: Background compilation threads: one per CPU this process may use, at most 4, taking the
+#: programs in the order a run needs them (init, the training call, the test pass).
+#: Concurrent XLA compilations slow each other down on a 2-core CPU: with a fourth program
+#: (the partial last batch, before it was padded into the training call) four threads started
+#: a cold LeNet epoch 1.4 s later than one (10.3-11.0 s against 8.8-9.4 s for `jaxcnn train
+#: --preset lenet --epochs 1`); with the three programs of today two threads compile init and
+#: the training call side by side and finish first (LeNet-BN, one cold epoch, 4 alternating
+#: pairs: 8.4-10.8 s against 10.0-11.4 s with one thread).
+COMPILE_THREADS = max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                               else os.cpu_count() or 1))
 
 _lock = threading.Lock()
 _cache: OrderedDict[Hashable, Future] = OrderedDict()

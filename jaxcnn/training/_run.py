@@ -14,6 +14,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from .. import distributed
 from ..data import DeviceDataset, load_splits, num_batches, split_sizes
@@ -31,6 +32,7 @@ from .steps import (
     auto_steps_per_call,
     count_correct_blocks,
     count_correct_scan,
+    epoch_blocks,
     train_blocks,
     train_scan,
 )
@@ -121,13 +123,12 @@ def precompile(config: TrainConfig, train_size: int, test_size: int,
             _programs.precompile(train_blocks, state, images((rows, width)),
                                  block((rows, width)), **static)
     else:  # every batch, the partial last one padded (epoch_blocks): usually one program
-        steps = num_batches(train_size, bs)
-        k = steps_per_call or auto_steps_per_call(steps)
+        k = steps_per_call or auto_steps_per_call(num_batches(train_size, bs))
         if k > 1 or distributed.mesh() is not None:  # else train_step, batch by batch
-            for rows in {min(k, steps), *([steps % k] if steps % k else [])}:
-                _programs.precompile(train_scan, state, *data(train_size), block((rows, bs)),
-                                     block((rows, bs), jnp.float32), identity=identity,
-                                     **static)
+            blocks = epoch_blocks(np.zeros(train_size, np.int32), bs, k)
+            for shape in dict.fromkeys(idx.shape for idx, _ in blocks):  # in order, once
+                _programs.precompile(train_scan, state, *data(train_size), block(shape),
+                                     block(shape, jnp.float32), identity=identity, **static)
     idx, _ = eval_blocks(test_size, bs)
     variables = variables_of(state.params, state.batch_stats)
     if per_process:

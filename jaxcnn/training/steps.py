@@ -220,14 +220,16 @@ def count_correct_blocks(variables: Any, images: jax.Array, labels: jax.Array, v
     return total
 
 
-def auto_steps_per_call(full_batches: int, target: int = 64) -> int:
-    """How many updates :func:`train_scan` runs per call by default: all full batches of an
-    epoch when there are at most ``target``, else the largest divisor of their number that is
-    at most ``target`` (so every call has the same shape: one program), or ``target`` when
-    the only such divisors are small (then the epoch's last call needs a second program)."""
-    if full_batches <= target:
-        return max(full_batches, 1)
-    best = max(d for d in range(1, target + 1) if full_batches % d == 0)
+def auto_steps_per_call(batches: int, target: int = 64) -> int:
+    """How many updates :func:`train_scan` runs per call by default, for an epoch of
+    ``batches`` scanned batches (the partial last one included when it is padded into a call,
+    :func:`epoch_blocks`): all of them when there are at most ``target``, else the largest
+    divisor of their number that is at most ``target`` (so every call has the same shape: one
+    program), or ``target`` when the only such divisors are small (then the epoch's last call
+    needs a second program)."""
+    if batches <= target:
+        return max(batches, 1)
+    best = max(d for d in range(1, target + 1) if batches % d == 0)
     return best if best >= target // 4 else target
 
 
@@ -237,18 +239,25 @@ def epoch_blocks(order: np.ndarray, batch_size: int, steps_per_call: int
     blocks of at most ``steps_per_call`` batches, int32 and float32 ``(K, B)``. A trailing
     partial batch is filled up to ``batch_size`` with index 0 at weight 0, so that it needs no
     program of its own: ``ceil(len(order) / batch_size)`` updates in all, the same ones (to
-    float rounding) as unpadded batches."""
+    float rounding) as unpadded batches. A trailing single example stays a ``(1, 1)`` block of
+    its own (a BatchNorm cannot train on it: the layer's error names it, as torch's does)."""
     if batch_size < 1 or steps_per_call < 1:
         raise ValueError(f"batch_size and steps_per_call must be >= 1, got {batch_size}, "
                          f"{steps_per_call}")
-    steps = -(-len(order) // batch_size)
+    single = len(order) % batch_size == 1 and batch_size > 1
+    padded = order[:-1] if single else order
+    steps = -(-len(padded) // batch_size)
     idx = np.zeros(steps * batch_size, np.int32)
-    idx[:len(order)] = order
+    idx[:len(padded)] = padded
     weights = np.zeros(steps * batch_size, np.float32)
-    weights[:len(order)] = 1.0
+    weights[:len(padded)] = 1.0
     idx, weights = idx.reshape(steps, batch_size), weights.reshape(steps, batch_size)
-    return [(idx[i:i + steps_per_call], weights[i:i + steps_per_call])
-            for i in range(0, steps, steps_per_call)]
+    blocks = [(idx[i:i + steps_per_call], weights[i:i + steps_per_call])
+              for i in range(0, steps, steps_per_call)]
+    if single:
+        blocks.append((np.asarray(order[-1:], np.int32).reshape(1, 1),
+                       np.ones((1, 1), np.float32)))
+    return blocks
 
 
 def chunk_indices(order: np.ndarray, batch_size: int, steps_per_call: int
