@@ -44,10 +44,9 @@ def example_weights(weights: jax.Array | None) -> Iterator[None]:
         _weights.reset(token)
 
 
-def row_weights(m: int) -> tuple[jax.Array, jax.Array] | None:
-    """``(weights, count)`` of the ``m`` rows of a ``(M, C)`` view of the current batch: each
-    example's weight repeated over its ``m / N`` rows (e.g. its spatial positions), and the
-    weighted row count (a float scalar); ``None`` when :func:`example_weights` is not set."""
+def _per_example(m: int) -> tuple[jax.Array, int] | None:
+    """The current example weights and the rows each example has in a ``(M, C)`` view of the
+    batch (e.g. its spatial positions); ``None`` when :func:`example_weights` is not set."""
     w = _weights.get()
     if w is None:
         return None
@@ -55,14 +54,25 @@ def row_weights(m: int) -> tuple[jax.Array, jax.Array] | None:
     if m % n:
         raise ValueError(f"batch_norm_train: {m} rows are not a whole number of rows for each "
                          f"of the {n} weighted examples")
-    return jnp.repeat(w, m // n, total_repeat_length=m), jnp.sum(w) * (m // n)
+    return w, m // n
+
+
+def row_weights(m: int) -> tuple[jax.Array, jax.Array] | None:
+    """``(weights, count)`` of the ``m`` rows of a ``(M, C)`` view of the current batch: each
+    example's weight repeated over its rows, and the weighted row count (a float scalar);
+    ``None`` when :func:`example_weights` is not set."""
+    current = _per_example(m)
+    if current is None:
+        return None
+    w, per = current
+    return jnp.repeat(w, per, total_repeat_length=m), jnp.sum(w) * per
 
 
 def weighted_rows(m: int) -> int | jax.Array:
     """How many rows of a ``(M, C)`` view of the current batch are real: ``m``, or the
     weighted count (a traced float) under :func:`example_weights`."""
-    rows = row_weights(m)
-    return m if rows is None else rows[1]
+    current = _per_example(m)
+    return m if current is None else jnp.sum(current[0]) * current[1]
 
 
 def channel_sum_xla(x2: jax.Array) -> jax.Array:

@@ -72,6 +72,14 @@ def _per_process(dataset: Dataset) -> tuple[np.ndarray, np.ndarray] | None:
     return None
 
 
+def scan_steps_per_call(n: int, batch_size: int, per_process: bool) -> int:
+    """The default updates per call of an epoch of ``n`` examples held on the devices:
+    :func:`~jaxcnn.training.auto_steps_per_call` of its batches, the partial last one
+    included (padded into a call, :func:`~jaxcnn.training.epoch_blocks`); with several
+    processes, of its full batches (the partial one is a call of its own there)."""
+    return auto_steps_per_call(n // batch_size if per_process else num_batches(n, batch_size))
+
+
 def eval_blocks(n: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     """The test pass as index blocks: int32 ``(K, B)`` indices ``0 .. n-1`` in order (the last
     block padded with index 0) and the bool ``(K, B)`` mask of the real ones."""
@@ -204,10 +212,9 @@ def train_epoch(state: TrainState, dataset: Dataset, *, batch_size: int, epoch: 
 
     pending: dict[str, jax.Array] | None = None  # the previous call's metrics, (K,) each
     if steps_per_call is None:
-        if _per_process(dataset) is not None:
-            steps_per_call = auto_steps_per_call(n // batch_size)
-        else:
-            steps_per_call = auto_steps_per_call(nbatch) if _on_device(dataset) is not None else 1
+        per_process = _per_process(dataset) is not None
+        held = per_process or _on_device(dataset) is not None
+        steps_per_call = scan_steps_per_call(n, batch_size, per_process) if held else 1
     for program, batch in _calls(dataset, batch_size, seed, epoch, steps_per_call):
         if program is train_step:
             state, metrics = train_step(state, *batch, resize=resize, precision=precision)

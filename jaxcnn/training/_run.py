@@ -23,13 +23,12 @@ from ..registry import get_spec
 from . import _programs
 from ._checkpoint import CheckpointError, Checkpoints, write_config, write_metrics
 from ._lock import WorkdirLock
-from ._loop import Dataset, EpochStats, eval_blocks, fit
+from ._loop import Dataset, EpochStats, eval_blocks, fit, scan_steps_per_call
 from ._optim import epoch_learning_rates, make_optimizer
 from ._plot import plot_history
 from ._state import TrainState, abstract_train_state, create_train_state, variables_of
 from .config import TrainConfig, resume_conflicts
 from .steps import (
-    auto_steps_per_call,
     count_correct_blocks,
     count_correct_scan,
     epoch_blocks,
@@ -92,8 +91,7 @@ def precompile(config: TrainConfig, train_size: int, test_size: int,
     ``train_size``/``test_size`` examples needs, in the order the run needs them (init, the
     training calls with the partial last batch padded into them (with several processes: one
     more call), the test pass), so that they compile while the data loads and the first steps
-    run; the run then uses them
-    (:mod:`jaxcnn.training._programs`). Only shapes are needed."""
+    run; the run then uses them (:mod:`jaxcnn.training._programs`). Only shapes are needed."""
     bs = config.batch_size
     model, tx, shape, identity = _model_tx_shape(config, num_batches(train_size, bs))
     everywhere = distributed.replicated()
@@ -113,9 +111,9 @@ def precompile(config: TrainConfig, train_size: int, test_size: int,
     def images(shape: tuple[int, int]) -> jax.ShapeDtypeStruct:
         return block((*shape, *image_shape), jnp.uint8)
 
+    k = steps_per_call or scan_steps_per_call(train_size, bs, per_process)
     if per_process:  # full blocks, then the partial last batch as one more call
         full, rest = divmod(train_size, bs)
-        k = steps_per_call or auto_steps_per_call(full)
         blocks = {k} if full >= k else set()
         if full % k:
             blocks.add(full % k)
@@ -123,7 +121,6 @@ def precompile(config: TrainConfig, train_size: int, test_size: int,
             _programs.precompile(train_blocks, state, images((rows, width)),
                                  block((rows, width)), **static)
     else:  # every batch, the partial last one padded (epoch_blocks): usually one program
-        k = steps_per_call or auto_steps_per_call(num_batches(train_size, bs))
         if k > 1 or distributed.mesh() is not None:  # else train_step, batch by batch
             blocks = epoch_blocks(np.zeros(train_size, np.int32), bs, k)
             for shape in dict.fromkeys(idx.shape for idx, _ in blocks):  # in order, once
