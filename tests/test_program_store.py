@@ -243,3 +243,31 @@ def test_a_model_registered_elsewhere_is_not_kept(monkeypatch):
     outside = TrainConfig(model="outside_lenet", batch_size=128, epochs=1)
     assert _model_tx_shape(outside, 1)[3] is None
     assert _model_tx_shape(TrainConfig(model="lenet", batch_size=128, epochs=1), 1)[3]
+
+
+_TWO_DEVICES_SCRIPT = """
+import jax, jax.numpy as jnp
+from jaxcnn import runtime
+from jaxcnn.training import _programs
+runtime.enable_compilation_cache()
+double = jax.jit(lambda x: x * 2)
+_programs.precompile(double, jax.ShapeDtypeStruct((4,), jnp.float32), identity="double")
+print(len(jax.devices()), _programs.call(double, jnp.arange(4.0)).tolist())
+"""
+
+
+def test_a_one_device_program_loads_in_a_process_with_several_devices(tmp_path):
+    """With virtual CPU devices (``JAX_NUM_CPU_DEVICES=2``: ``jaxcnn train --devices N``), a
+    kept one-device program (e.g. the state's init) is loaded onto the device it was compiled
+    for: loaded onto every device, it asked for two shards of one-device arguments and the
+    second run failed."""
+    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(tmp_path), "JAX_PLATFORMS": "cpu",
+           "JAX_NUM_CPU_DEVICES": "2"}
+    outs = []
+    for _ in range(2):
+        r = subprocess.run([sys.executable, "-c", _TWO_DEVICES_SCRIPT], env=env,
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        outs.append(r.stdout.strip())
+    assert outs == ["2 [0.0, 2.0, 4.0, 6.0]"] * 2
+    assert len(list((tmp_path / _store.FOLDER).iterdir())) == 1

@@ -47,7 +47,7 @@ from typing import Any
 import jax
 
 #: Bumped when the file format changes.
-FORMAT = 2
+FORMAT = 3
 #: The store's folder under JAX's compilation cache directory.
 FOLDER = "jaxcnn-programs"
 _PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy", "ml_dtypes")
@@ -203,6 +203,11 @@ class _Unpickler(pickle.Unpickler):
         return self._shared[pid[1]]
 
 
+def _device_ids(compiled: Any) -> list[int]:
+    """The ids of the devices a compiled program runs on, in its device assignment's order."""
+    return [d.id for d in compiled.runtime_executable().local_devices()]
+
+
 def save(name: str, compiled: Any, shared: list[Any]) -> bool:
     """Keep ``compiled`` (a ``jax.stages.Compiled``) under ``name``, its output tree referring
     to the ``shared`` objects (:func:`shared_objects`) by position; False when it cannot be
@@ -215,7 +220,7 @@ def save(name: str, compiled: Any, shared: list[Any]) -> bool:
     try:
         payload, _, out_tree = serialize_executable.serialize(compiled)
         buf = io.BytesIO()
-        _Pickler(buf, shared).dump((payload, out_tree))
+        _Pickler(buf, shared).dump((payload, out_tree, _device_ids(compiled)))
         body = buf.getvalue()
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{name}.", delete=False) as f:
@@ -244,7 +249,13 @@ def load(name: str, args_tree: Any, shared: list[Any]) -> Any | None:
     if hashlib.sha256(body).digest() != digest:
         return None
     try:
-        payload, out_tree = _Unpickler(io.BytesIO(body), shared).load()
-        return serialize_executable.deserialize_and_load(payload, args_tree, out_tree)
+        payload, out_tree, ids = _Unpickler(io.BytesIO(body), shared).load()
+        by_id = {d.id: d for d in jax.devices()}
+        if not set(ids) <= set(by_id):
+            return None
+        # The devices it was compiled for: left out, JAX loads a program for every device of
+        # the process (with virtual CPU devices, a one-device program then asks for N shards).
+        return serialize_executable.deserialize_and_load(
+            payload, args_tree, out_tree, execution_devices=[by_id[i] for i in ids])
     except Exception:
         return None
