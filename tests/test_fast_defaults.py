@@ -4,6 +4,7 @@ numbers of the plain path it replaces."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -66,7 +67,8 @@ def test_tune_allocator(monkeypatch):
 def test_tuned_allocator_stops_the_per_step_page_faults():
     """What XLA's CPU runtime does each step: malloc a 40 MiB temporary buffer, write it,
     free it. With glibc's default thresholds each round maps fresh pages (10,240 page faults
-    a round); with :func:`runtime.tune_allocator` the block is reused."""
+    a round); with :func:`runtime.tune_allocator` the block is reused. (The child starts on
+    glibc's defaults: the suite's own processes run tuned, see the root conftest.py.)"""
     code = """
 import ctypes, ctypes.util, resource, sys
 from jaxcnn import runtime
@@ -84,8 +86,10 @@ for _ in range(20):
     step()
 print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
 """
+    glibc_defaults = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     faults = {mode: int(subprocess.run([sys.executable, "-c", code, mode], check=True,
-                                       capture_output=True, text=True).stdout)
+                                       capture_output=True, text=True,
+                                       env=glibc_defaults).stdout)
               for mode in ("0", "1")}
     assert faults["0"] > 20 * 5_000
     assert faults["1"] < faults["0"] / 20
