@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+from ..ops.host_random import draws_on_host, host_init_key
 from ..ops.select import fast_cpu_kernels
 from . import _programs
 
@@ -52,14 +53,16 @@ def variables_of(params: Any, batch_stats: Any) -> dict[str, Any]:
 #: pipeline compiles the threefry draws of every parameter 3-6x faster than the default level
 #: (LeNet 10.7 -> 2.3 s, AlexNet 33.7 -> 5.8 s, ResNet-18 33.4 -> 11.6 s on a 2-core CPU) and
 #: gives the same bits (integer hashing; level 0 would differ in the last bit of 15% of the
-#: values). Tested against the default compilation (tests/test_fast_defaults.py).
+#: values). Tested against the default compilation (tests/test_fast_defaults.py). Most draws
+#: are now made on the host (:mod:`jaxcnn.ops.host_random`); the level still serves the
+#: large ones left in the program.
 INIT_COMPILER_OPTIONS: dict[str, Any] = {"xla_backend_optimization_level": 1}
 
 
 def _fresh_state(model: nn.Module, optimizer: optax.GradientTransformation, key: jax.Array,
                  x: jax.Array) -> TrainState:
     init_key, dropout_key = jax.random.split(key)
-    variables = model.init(init_key, x, train=False)
+    variables = model.init(host_init_key(init_key), x, train=False)
     params = variables["params"]
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       batch_stats=variables.get("batch_stats", {}),
@@ -77,7 +80,10 @@ def init_program(model: nn.Module, optimizer: optax.GradientTransformation) -> A
     """The one compiled program that makes a fresh state from ``(key, x)`` (the key split, the
     layers' init, the optimizer's init: the values of running them one by one), for
     :mod:`._programs`: compiled with :data:`INIT_COMPILER_OPTIONS` when the fast CPU kernels are
-    selected (:func:`jaxcnn.ops.select.fast_cpu_kernels`), with XLA's defaults otherwise."""
+    selected (:func:`jaxcnn.ops.select.fast_cpu_kernels`), with XLA's defaults otherwise. With
+    the fast kernels the layers' draws are made on the host, the same bits
+    (:func:`jaxcnn.ops.host_random.host_init_key`), and the program is not kept across
+    processes (:mod:`._store`): it is compiled in each, in a fraction of a second."""
     options = INIT_COMPILER_OPTIONS if fast_cpu_kernels() else None
     return _programs.Tuned.of(_jitted_fresh_state(model, optimizer), options)
 
@@ -102,5 +108,7 @@ def abstract_train_state(model: nn.Module, input_shape: tuple[int, ...],
     processes)."""
     key = jax.ShapeDtypeStruct((2,), jnp.uint32)
     x = jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32)
+    if draws_on_host():  # a program with host callbacks cannot be kept across processes
+        identity = None
     _programs.precompile(init_program(model, optimizer), key, x, identity=identity)
     return jax.eval_shape(_jitted_fresh_state(model, optimizer), key, x)
