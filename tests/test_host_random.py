@@ -72,15 +72,23 @@ def test_threefry_known_answers(key, counter, expected):
     assert (int(a[0]), int(b[0])) == expected
 
 
-def test_host_init_key_follows_the_switch():
-    key = jax.random.PRNGKey(0)
+@pytest.mark.parametrize("kind", ["raw", "typed"])
+def test_host_init_key_follows_the_switch(kind):
+    """Raw key data and typed threefry keys are drawn on the host with the fast kernels; the
+    plain kernels, and keys of another implementation, keep their key."""
+    key = jax.random.PRNGKey(0) if kind == "raw" else jax.random.key(0)
+    host_impl = jax.random.key_impl(jax.random.wrap_key_data(jax.random.PRNGKey(0),
+                                                             impl=host_random.HOST_THREEFRY))
     with use_kernels("xla"):
         assert host_random.host_init_key(key) is key
     with use_kernels("auto"):
         wrapped = host_random.host_init_key(key)
-        assert jax.random.key_impl(wrapped) == jax.random.key_impl(
-            jax.random.wrap_key_data(key, impl=host_random.HOST_THREEFRY))
-        np.testing.assert_array_equal(_data(wrapped), np.asarray(key))
+        assert jax.random.key_impl(wrapped) == host_impl
+        np.testing.assert_array_equal(_data(wrapped), _data(key))
+        np.testing.assert_array_equal(_data(jax.random.uniform(wrapped, (5,))),
+                                      _data(jax.random.uniform(key, (5,))))
+        other = jax.random.key(0, impl="rbg")
+        assert host_random.host_init_key(other) is other
 
 
 def test_alexnet_init_is_jax_threefry_init():

@@ -120,6 +120,7 @@ def _random_bits(key: jax.Array, bit_width: int, shape: tuple[int, ...]) -> jax.
                      np.dtype(f"uint{bit_width}"), key)
 
 
+_THREEFRY = jex_random.threefry_prng_impl.name
 #: The PRNG implementation: JAX's threefry2x32 bits, drawn on the host (see the module doc).
 HOST_THREEFRY = jex_random.define_prng_impl(
     key_shape=(2,), seed=jex_random.threefry_prng_impl.seed, split=_split,
@@ -134,7 +135,16 @@ def draws_on_host() -> bool:
 
 
 def host_init_key(key: jax.Array) -> jax.Array:
-    """The init key for ``model.init``: ``key`` (raw threefry key data, uint32 ``(2,)``) as a
-    :data:`HOST_THREEFRY` key when :func:`draws_on_host`, else ``key`` itself: the same draws
-    either way."""
-    return jax.random.wrap_key_data(key, impl=HOST_THREEFRY) if draws_on_host() else key
+    """The init key for ``model.init``: a threefry key (a typed one, or raw key data of JAX's
+    default implementation when that is threefry: uint32 ``(2,)``) as a :data:`HOST_THREEFRY`
+    key when :func:`draws_on_host`; otherwise, or for a key of another implementation,
+    ``key`` itself. The same draws either way."""
+    if not draws_on_host():
+        return key
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        if str(jax.random.key_impl(key)) != _THREEFRY:
+            return key
+        key = jax.random.key_data(key)
+    elif jax.config.jax_default_prng_impl != _THREEFRY:
+        return key
+    return jax.random.wrap_key_data(key, impl=HOST_THREEFRY)
