@@ -32,15 +32,22 @@ SLOW_GROUPS = ("jax_fns", "dist_runs", "tests/test_training.py",
 XLA_CACHE_MIN_COMPILE_SECS = 0.2
 #: The folder this process made (and removes at the end); absent in the processes that inherit it.
 _OWN_CACHE = pytest.StashKey[str]()
-#: Memory settings of every test process (set in the run's first process, before the
-#: pytest-xdist workers and the tests' subprocesses start, which inherit them): glibc keeps
-#: freed blocks of up to 1 GiB for reuse (``jaxcnn.runtime.tune_allocator``, what ``jaxcnn``
-#: does for itself) and numpy does not ask for transparent huge pages. The parity tests copy
-#: and compare large float64 arrays; each fresh block was new pages for the kernel to fault in
-#: and zero (measured: AlexNet's optimizer trajectory, 3.6 million page faults, sys 28 s of
-#: 57 s wall; with these settings sys 22 s, 41 s wall).
-MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "1073741824", "MALLOC_TRIM_THRESHOLD_": "1073741824",
-              "NUMPY_MADVISE_HUGEPAGE": "0"}
+
+
+def memory_env() -> dict[str, str]:
+    """The memory settings of every test process, as environment variables (set in the run's
+    first process, before the pytest-xdist workers and the tests' subprocesses start, which
+    inherit them): glibc keeps freed blocks of up to ``jaxcnn.runtime.ALLOCATOR_THRESHOLD``
+    (1 GiB) for reuse (``jaxcnn.runtime.tune_allocator``, what ``jaxcnn`` does for itself) and
+    numpy does not ask for transparent huge pages. The parity tests copy and compare large
+    float64 arrays; each fresh block was new pages for the kernel to fault in and zero
+    (measured: AlexNet's optimizer trajectory, 3.6 million page faults, sys 28 s of 57 s wall;
+    with these settings sys 22 s, 41 s wall)."""
+    from jaxcnn import runtime
+
+    threshold = str(runtime.ALLOCATOR_THRESHOLD)
+    return {"MALLOC_MMAP_THRESHOLD_": threshold, "MALLOC_TRIM_THRESHOLD_": threshold,
+            "NUMPY_MADVISE_HUGEPAGE": "0"}
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -51,10 +58,9 @@ def pytest_configure(config: pytest.Config) -> None:
     needs its own cache sets its own. The user's cache (``~/.cache/jaxcnn/xla``) is never
     read or written. jaxcnn's program store (``jaxcnn.training._store``) stays off in the
     test processes: tests patch jaxcnn's functions, which its keys cannot see (JAX's keys,
-    computed from the compiled program itself, can). The memory settings: ``MEMORY_ENV``."""
-    if "JAXCNN_TEST_XLA_CACHE" not in os.environ:  # the run's first process: make the folder
-        for name, value in MEMORY_ENV.items():
-            os.environ.setdefault(name, value)
+    computed from the compiled program itself, can). The memory settings: :func:`memory_env`."""
+    first = "JAXCNN_TEST_XLA_CACHE" not in os.environ
+    if first:  # the run's first process: make the folder
         folder = tempfile.mkdtemp(prefix="jaxcnn-test-xla-")
         os.environ["JAXCNN_TEST_XLA_CACHE"] = folder
         config.stash[_OWN_CACHE] = folder
@@ -67,6 +73,9 @@ def pytest_configure(config: pytest.Config) -> None:
     from jaxcnn import runtime
     from jaxcnn.training import _store
 
+    if first:  # before the workers start
+        for name, value in memory_env().items():
+            os.environ.setdefault(name, value)
     runtime.tune_allocator()  # this process's own allocator (the environment is read at start)
     core = np._core if hasattr(np, "_core") else np.core  # numpy 2 / 1
     core.multiarray._set_madvise_hugepage(os.environ["NUMPY_MADVISE_HUGEPAGE"] != "0")

@@ -72,10 +72,15 @@ def _key_words(keys: np.ndarray, ndim: int) -> tuple[np.ndarray, np.ndarray]:
     return k[..., 0][pad], k[..., 1][pad]
 
 
-def _np_split(keys: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+def _hash_counters(keys: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Threefry of every element's counter (:func:`_counters`) under each key ``(*lead, 2)``:
+    two uint32 arrays ``(*lead, *shape)``, as JAX's partitionable split and bits compute."""
     k1, k2 = _key_words(keys, len(shape))
-    b1, b2 = threefry2x32(k1, k2, *_counters(keys.shape[:-1], shape))
-    return np.stack(np.broadcast_arrays(b1, b2), axis=-1)
+    return threefry2x32(k1, k2, *_counters(keys.shape[:-1], shape))
+
+
+def _np_split(keys: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    return np.stack(np.broadcast_arrays(*_hash_counters(keys, shape)), axis=-1)
 
 
 def _np_fold_in(keys: np.ndarray, data: np.ndarray) -> np.ndarray:
@@ -86,8 +91,7 @@ def _np_fold_in(keys: np.ndarray, data: np.ndarray) -> np.ndarray:
 
 
 def _np_bits(keys: np.ndarray, bit_width: int, shape: tuple[int, ...]) -> np.ndarray:
-    k1, k2 = _key_words(keys, len(shape))
-    b1, b2 = threefry2x32(k1, k2, *_counters(keys.shape[:-1], shape))
+    b1, b2 = _hash_counters(keys, shape)
     if bit_width == 64:
         return (b1.astype(np.uint64) << np.uint64(32)) | b2.astype(np.uint64)
     return (b1 ^ b2).astype(f"uint{bit_width}")

@@ -251,7 +251,7 @@ def load(name: str, args_tree: Any, shared: list[Any]) -> Any | None:
     try:
         payload, out_tree, ids = _Unpickler(io.BytesIO(body), shared).load()
         by_id = {d.id: d for d in jax.devices()}
-        if not set(ids) <= set(by_id):
+        if not set(ids) <= by_id.keys():
             return None
         # The devices it was compiled for: left out, JAX loads a program for every device of
         # the process (with virtual CPU devices, a one-device program then asks for N shards).
