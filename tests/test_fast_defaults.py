@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
+from collections import OrderedDict
 
 import jax
 import jax.numpy as jnp
@@ -154,11 +156,27 @@ def test_default_epoch_trains_as_one_step_per_call(small_data, name):
 
 def test_run_precompiles_every_program_it_uses(small_data, monkeypatch):
     """After :func:`precompile`, a whole run compiles nothing more of its own: every program
-    it calls was asked for ahead (by shape), so it could compile while the data loaded."""
+    it calls was asked for ahead (by shape), so it could compile while the data loaded. They
+    are traced and lowered one at a time in one thread, the training program first, and none
+    of them failed."""
     config = TrainConfig(model="lenet_bn", batch_size=128, epochs=2,
                          optimizer=jaxcnn.training.OptimizerConfig(name="adam", lr=1e-3))
+    monkeypatch.setattr(_programs, "_cache", OrderedDict())
+    lowered = []
+    real_lower = _programs._lower
+
+    def lower_spy(jitted, *args):
+        fn, _ = _programs._unpack(jitted)
+        lowered.append((threading.current_thread().name, getattr(fn, "__name__", "?")))
+        return real_lower(jitted, *args)
+
+    monkeypatch.setattr(_programs, "_lower", lower_spy)
     precompile(config, len(small_data[0]), len(small_data[1]))
     asked = set(_programs._cache)
+    for fut in list(_programs._cache.values()):
+        assert fut.exception(timeout=300) is None
+    assert [name for _, name in lowered] == ["train_scan", "_fresh_state", "count_correct_scan"]
+    assert len({thread for thread, _ in lowered}) == 1
     compiled_later = []
     real = _programs._submit
 

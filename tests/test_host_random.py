@@ -112,3 +112,21 @@ def test_alexnet_init_is_jax_threefry_init():
                             strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b),
                                       err_msg=jax.tree_util.keystr(path))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 42, 2**31 - 1, -1, -2**31, 2**31, 2**32 - 1, 2**32,
+                                  2**40 + 5, -2**40, np.int64(7), np.uint32(2**32 - 1),
+                                  np.int32(-3)])
+def test_seed_key_is_prng_key_without_a_program(seed):
+    """``seed_key`` gives ``jax.random.PRNGKey``'s key data as a numpy array (no program
+    compiled or run), wrap-around of large and negative seeds included."""
+    key = host_random.seed_key(seed)
+    assert isinstance(key, np.ndarray) and key.dtype == np.uint32
+    np.testing.assert_array_equal(key, np.asarray(jax.random.PRNGKey(seed)))
+
+
+def test_seed_key_leaves_other_cases_to_jax():
+    with jax.enable_x64(True):
+        key = host_random.seed_key(2**40 + 5)
+        assert isinstance(key, jax.Array)
+        np.testing.assert_array_equal(key, jax.random.PRNGKey(2**40 + 5))

@@ -17,6 +17,7 @@ process (cheaply, there is no hash left in it).
 from __future__ import annotations
 
 import math
+import operator
 
 import jax
 import jax.numpy as jnp
@@ -129,6 +130,18 @@ _THREEFRY = jex_random.threefry_prng_impl.name
 HOST_THREEFRY = jex_random.define_prng_impl(
     key_shape=(2,), seed=jex_random.threefry_prng_impl.seed, split=_split,
     random_bits=_random_bits, fold_in=_fold_in, name="threefry2x32_host", tag="fry_host")
+
+
+def seed_key(seed: int) -> np.ndarray | jax.Array:
+    """``jax.random.PRNGKey(seed)`` without running a program: for an integer ``seed``, JAX's
+    default threefry2x32 and 32-bit integers (``jax_enable_x64`` off) its key data is
+    ``[0, seed mod 2**32]`` (uint32 ``(2,)``), made here with numpy. ``jax.random.PRNGKey``
+    compiles two small programs for it on first use (0.1-0.2 s of a cold start's CPU, with
+    ``jnp.zeros``' two more); any other case is left to it."""
+    if (jax.config.jax_default_prng_impl != _THREEFRY or jax.config.jax_enable_x64
+            or isinstance(seed, bool)):
+        return jax.random.PRNGKey(seed)
+    return np.array([0, operator.index(seed) & 0xFFFFFFFF], dtype=_U32)
 
 
 def draws_on_host() -> bool:

@@ -2,10 +2,12 @@
 
 A run needs a handful of XLA programs (the state's init, the K-step training call with the
 partial last batch padded into it, the test pass). ``jax.jit`` compiles each on its first
-call, one after the other; here they are compiled from their shapes alone, in background
-threads (:data:`COMPILE_THREADS`), in the order they were asked for, as soon as the run knows
-them (before the data has loaded), so that they overlap the data loading and, for those
-needed later, the first training steps. The results are the same programs: :func:`call` runs
+call, one after the other; here they are compiled from their shapes alone, in the background,
+in the order they were asked for, as soon as the run knows them (before the data has loaded),
+so that they overlap the data loading and, for those needed later, the first training steps.
+Tracing and lowering (Python, under the GIL) run one program at a time in one thread, so the
+first program asked for reaches XLA first; XLA's compilations (which leave the GIL) run in
+:data:`COMPILE_THREADS` threads. The results are the same programs: :func:`call` runs
 the compiled executable of ``jitted.lower(*args, **static)``, which is what
 ``jitted(*args, **static)`` runs. Arguments spread over several devices
 (:mod:`jaxcnn.distributed`) are compiled for their sharding
@@ -32,8 +34,9 @@ from . import _store
 
 #: Compiled programs kept per process (least recently used first out).
 CACHE_SIZE = 64
-#: Background compilation threads: one per CPU this process may use, at most 4, taking the
-#: programs in the order a run needs them (init, the training call, the test pass).
+#: Background compilation threads (XLA's part, after the one lowering thread): one per CPU
+#: this process may use, at most 4, taking the programs in the order a run asks for them (the
+#: training call, init, the test pass: :func:`jaxcnn.training.precompile`).
 #: Concurrent XLA compilations slow each other down on a 2-core CPU: with a fourth program
 #: (the partial last batch, before it was padded into the training call) four threads started
 #: a cold LeNet epoch 1.4 s later than one (10.3-11.0 s against 8.8-9.4 s for `jaxcnn train
@@ -46,6 +49,7 @@ COMPILE_THREADS = max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sch
 _lock = threading.Lock()
 _cache: OrderedDict[Hashable, Future] = OrderedDict()
 _pool: ThreadPoolExecutor | None = None
+_lower_pool: ThreadPoolExecutor | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +105,13 @@ def _executor() -> ThreadPoolExecutor:
     return _pool
 
 
+def _lowerer() -> ThreadPoolExecutor:
+    global _lower_pool
+    if _lower_pool is None:
+        _lower_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jaxcnn-lower")
+    return _lower_pool
+
+
 def _abstract(x: Any) -> Any:
     if isinstance(x, jax.ShapeDtypeStruct) or not hasattr(x, "dtype"):
         return x
@@ -109,12 +120,15 @@ def _abstract(x: Any) -> Any:
                                 sharding=sharding)
 
 
-def _compile(jitted: Any, abstract: tuple[Any, ...], static: dict[str, Any],
-             identity: str | None) -> Any:
-    """``jitted.lower(*abstract, **static).compile()``, or the same program from
-    :mod:`._store` when ``identity`` is given and an earlier process kept it."""
+def _lower(jitted: Any, abstract: tuple[Any, ...], static: dict[str, Any],
+           identity: str | None) -> tuple[Any, Callable[[], Any] | None]:
+    """The first, Python-bound half of a compilation: ``(program, None)`` when :mod:`._store`
+    has the program (``identity`` given and an earlier process kept it), else ``(None,
+    finish)`` with ``jitted`` traced and lowered and ``finish()`` the rest: XLA's compilation
+    (which leaves the GIL to other threads), returning the program and keeping it in the
+    store."""
     fn, options = _unpack(jitted)
-    name = None
+    name = shared = None
     if identity is not None:
         name = _store.key(identity, fn, options, jax.tree.leaves(abstract), static)
     if name is not None:
@@ -122,12 +136,53 @@ def _compile(jitted: Any, abstract: tuple[Any, ...], static: dict[str, Any],
         shared = _store.shared_objects(fn, args_tree, static)
         program = _store.load(name, args_tree, shared)
         if program is not None:
-            return program
-    hits = _store.jax_cache_hits()
-    program = fn.lower(*abstract, **static).compile(compiler_options=dict(options) or None)
-    if name is not None and _store.jax_cache_hits() == hits:  # compiled here: keep it
-        _store.save(name, program, shared)
-    return program
+            return program, None
+    lowered = fn.lower(*abstract, **static)
+
+    def finish() -> Any:
+        hits = _store.jax_cache_hits()
+        program = lowered.compile(compiler_options=dict(options) or None)
+        if name is not None and _store.jax_cache_hits() == hits:  # compiled here: keep it
+            _store.save(name, program, shared)
+        return program
+
+    return None, finish
+
+
+def _compile(jitted: Any, abstract: tuple[Any, ...], static: dict[str, Any],
+             identity: str | None) -> Any:
+    """``jitted.lower(*abstract, **static).compile()``, or the same program from
+    :mod:`._store` when ``identity`` is given and an earlier process kept it."""
+    program, finish = _lower(jitted, abstract, static, identity)
+    return program if finish is None else finish()
+
+
+def _in_background(jitted: Any, abstract: tuple[Any, ...], static: dict[str, Any],
+                   identity: str | None) -> Future:
+    """:func:`_compile` in two stages: tracing and lowering in the one lowering thread, in the
+    order asked (they hold the GIL: several at once only slow each other and the first one
+    down), then XLA's compilation in the compile threads (:data:`COMPILE_THREADS`)."""
+    fut: Future = Future()
+
+    def compile_(finish: Callable[[], Any]) -> None:
+        try:
+            fut.set_result(finish())
+        except BaseException as e:
+            fut.set_exception(e)
+
+    def lower_() -> None:
+        try:
+            program, finish = _lower(jitted, abstract, static, identity)
+        except BaseException as e:
+            fut.set_exception(e)
+            return
+        if finish is None:
+            fut.set_result(program)
+        else:
+            _executor().submit(compile_, finish)
+
+    _lowerer().submit(lower_)
+    return fut
 
 
 def _submit(jitted: Any, args: tuple[Any, ...], static: dict[str, Any],
@@ -140,16 +195,14 @@ def _submit(jitted: Any, args: tuple[Any, ...], static: dict[str, Any],
             return fut
         abstract = jax.tree.map(_abstract, args)
 
-        def compile_() -> Any:
-            return _compile(jitted, abstract, static, identity)
-
-        fut = _executor().submit(compile_) if background else Future()
+        fut = (_in_background(jitted, abstract, static, identity) if background
+               else Future())
         _cache[key] = fut
         while len(_cache) > CACHE_SIZE:
             _cache.popitem(last=False)
     if not background:
         try:
-            fut.set_result(compile_())
+            fut.set_result(_compile(jitted, abstract, static, identity))
         except BaseException as e:
             fut.set_exception(e)
     return fut

@@ -19,6 +19,7 @@ import numpy as np
 from .. import distributed
 from ..data import DeviceDataset, load_splits, num_batches, split_sizes
 from ..models import build_model
+from ..ops.host_random import seed_key
 from ..registry import get_spec
 from . import _programs
 from ._checkpoint import CheckpointError, Checkpoints, write_config, write_metrics
@@ -26,7 +27,13 @@ from ._lock import WorkdirLock
 from ._loop import Dataset, EpochStats, eval_blocks, fit, scan_steps_per_call
 from ._optim import epoch_learning_rates, make_optimizer
 from ._plot import plot_history
-from ._state import TrainState, abstract_train_state, create_train_state, variables_of
+from ._state import (
+    TrainState,
+    abstract_train_state,
+    create_train_state,
+    precompile_init,
+    variables_of,
+)
 from .config import TrainConfig, resume_conflicts
 from .steps import (
     count_correct_blocks,
@@ -80,7 +87,7 @@ def init_state(config: TrainConfig, steps_per_epoch: int) -> tuple[nn.Module, Tr
     """The model of ``config`` and its fresh state (``PRNGKey(seed)``, torch-default init),
     replicated over the devices of :mod:`jaxcnn.distributed` (the same values on every count)."""
     model, tx, shape, _ = _model_tx_shape(config, steps_per_epoch)
-    state = create_train_state(model, jax.random.PRNGKey(config.seed), shape, tx)
+    state = create_train_state(model, seed_key(config.seed), shape, tx)
     return model, distributed.put_replicated(state)
 
 
@@ -88,14 +95,16 @@ def precompile(config: TrainConfig, train_size: int, test_size: int,
                steps_per_call: int | None = None, image_shape: tuple[int, int] = (28, 28)
                ) -> None:
     """Start compiling, in the background, every program a run of ``config`` on
-    ``train_size``/``test_size`` examples needs, in the order the run needs them (init, the
-    training calls with the partial last batch padded into them (with several processes: one
-    more call), the test pass), so that they compile while the data loads and the first steps
-    run; the run then uses them (:mod:`jaxcnn.training._programs`). Only shapes are needed."""
+    ``train_size``/``test_size`` examples needs (the training calls with the partial last batch
+    padded into them (with several processes: one more call), init, the test pass), so that
+    they compile while the data loads and the first steps run; the run then uses them
+    (:mod:`jaxcnn.training._programs`). Only shapes are needed. The first training program
+    goes first: it is the longest to compile and the first step waits for it, while init
+    (compiled beside it) is short and the test pass comes at the epoch's end."""
     bs = config.batch_size
-    model, tx, shape, identity = _model_tx_shape(config, num_batches(train_size, bs))
+    model, tx, input_shape, identity = _model_tx_shape(config, num_batches(train_size, bs))
     everywhere = distributed.replicated()
-    state = distributed.abstract(abstract_train_state(model, shape, tx, identity), everywhere)
+    state = distributed.abstract(abstract_train_state(model, input_shape, tx), everywhere)
     static = {"resize": config.resize, "precision": config.precision}
 
     def data(n: int) -> tuple[jax.ShapeDtypeStruct, jax.ShapeDtypeStruct]:
@@ -111,6 +120,7 @@ def precompile(config: TrainConfig, train_size: int, test_size: int,
     def images(shape: tuple[int, int]) -> jax.ShapeDtypeStruct:
         return block((*shape, *image_shape), jnp.uint8)
 
+    trainers: list[tuple[Any, tuple[Any, ...], str | None]] = []  # (program, args, identity)
     k = steps_per_call or scan_steps_per_call(train_size, bs, per_process)
     if per_process:  # full blocks, then the partial last batch as one more call
         full, rest = divmod(train_size, bs)
@@ -118,14 +128,20 @@ def precompile(config: TrainConfig, train_size: int, test_size: int,
         if full % k:
             blocks.add(full % k)
         for rows, width in [*((b, bs) for b in blocks), *([(1, rest)] if rest else [])]:
-            _programs.precompile(train_blocks, state, images((rows, width)),
-                                 block((rows, width)), **static)
+            trainers.append((train_blocks, (state, images((rows, width)), block((rows, width))),
+                             None))
     else:  # every batch, the partial last one padded (epoch_blocks): usually one program
         if k > 1 or distributed.mesh() is not None:  # else train_step, batch by batch
             blocks = epoch_blocks(np.zeros(train_size, np.int32), bs, k)
             for shape in dict.fromkeys(idx.shape for idx, _ in blocks):  # in order, once
-                _programs.precompile(train_scan, state, *data(train_size), block(shape),
-                                     block(shape, jnp.float32), identity=identity, **static)
+                trainers.append((train_scan, (state, *data(train_size), block(shape),
+                                              block(shape, jnp.float32)), identity))
+    for i, (program, args, key) in enumerate(trainers):
+        _programs.precompile(program, *args, identity=key, **static)
+        if i == 0:
+            precompile_init(model, input_shape, tx, identity)
+    if not trainers:  # train_step batch by batch: compiled by jit
+        precompile_init(model, input_shape, tx, identity)
     idx, _ = eval_blocks(test_size, bs)
     variables = variables_of(state.params, state.batch_stats)
     if per_process:

@@ -9,6 +9,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import struct
 
@@ -94,21 +95,28 @@ def create_train_state(model: nn.Module, key: jax.Array, input_shape: tuple[int,
     init from the layers) and ``optimizer.init(params)``; ``key`` is split into the init key
     and the dropout key. ``input_shape`` is NHWC, e.g. ``(1, 28, 28, 1)``. One compiled
     program (:func:`init_program`)."""
-    return _programs.call(init_program(model, optimizer), jnp.asarray(key),
-                          jnp.zeros(input_shape, jnp.float32))
+    key = key if isinstance(key, np.ndarray) else jnp.asarray(key)  # numpy: no program runs
+    return _programs.call(init_program(model, optimizer), key, np.zeros(input_shape, np.float32))
+
+
+def precompile_init(model: nn.Module, input_shape: tuple[int, ...],
+                    optimizer: optax.GradientTransformation, identity: str | None = None) -> None:
+    """Start compiling the init program of :func:`create_train_state` in the background
+    (:func:`~._programs.precompile`; ``identity``: the configuration that built ``model`` and
+    ``optimizer``, to keep the program across processes)."""
+    if draws_on_host():  # a program with host callbacks cannot be kept across processes
+        identity = None
+    _programs.precompile(init_program(model, optimizer), *_init_args(input_shape),
+                         identity=identity)
 
 
 def abstract_train_state(model: nn.Module, input_shape: tuple[int, ...],
-                         optimizer: optax.GradientTransformation, identity: str | None = None
-                         ) -> TrainState:
+                         optimizer: optax.GradientTransformation) -> TrainState:
     """The :class:`TrainState` of :func:`create_train_state` as shapes
-    (``jax.ShapeDtypeStruct`` leaves), computed without running or compiling anything; starts
-    compiling the init program in the background (:func:`~._programs.precompile`; ``identity``:
-    the configuration that built ``model`` and ``optimizer``, to keep the program across
-    processes)."""
-    key = jax.ShapeDtypeStruct((2,), jnp.uint32)
-    x = jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32)
-    if draws_on_host():  # a program with host callbacks cannot be kept across processes
-        identity = None
-    _programs.precompile(init_program(model, optimizer), key, x, identity=identity)
-    return jax.eval_shape(_jitted_fresh_state(model, optimizer), key, x)
+    (``jax.ShapeDtypeStruct`` leaves), computed without running or compiling anything."""
+    return jax.eval_shape(_jitted_fresh_state(model, optimizer), *_init_args(input_shape))
+
+
+def _init_args(input_shape: tuple[int, ...]) -> tuple[jax.ShapeDtypeStruct, ...]:
+    return (jax.ShapeDtypeStruct((2,), jnp.uint32),
+            jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32))
