@@ -236,3 +236,50 @@ def test_train_help_lists_every_preset_with_its_chapter(capsys):
         line = next(x for x in out.splitlines() if x.startswith(f"  {name} "))
         assert f"(ch. {chapter})" in line and f"batch {cfg.batch_size}," in line
     assert "resnet18, resize 96, batch 256, lr 0.001  (ch. 5.11 ResNet-18)" in out
+
+
+_END_PROCESS_SCRIPT = r"""
+import sys, time
+import jax, jax.numpy as jnp
+from jaxcnn.cli import end_process
+from jaxcnn.training import _programs
+
+real_lower = _programs._lower
+
+def slow_lower(*args):  # a background compilation still running when the command returns
+    time.sleep(1.0)
+    result = real_lower(*args)
+    open(sys.argv[1], "w").write("lowered")
+    return result
+
+_programs._lower = slow_lower
+_programs.precompile(jax.jit(jnp.sin), jax.ShapeDtypeStruct((3,), jnp.float32))
+sys.stdout.write("x" * 200_000)  # unflushed output
+end_process(3)
+"""
+
+
+@pytest.mark.parametrize("fast", ["1", "0"])
+def test_end_process_finishes_the_background_work_and_keeps_the_exit_code(tmp_path, fast):
+    """The process entry's exit: with the fast exit (the default) and without it
+    (``JAXCNN_FAST_EXIT=0``), the background compilation started before it finishes, all
+    output arrives and the exit status is the command's."""
+    marker = tmp_path / "marker"
+    env = {**os.environ, "JAXCNN_FAST_EXIT": fast, "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, "-c", _END_PROCESS_SCRIPT, str(marker)], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert proc.stdout == "x" * 200_000
+    assert marker.read_text() == "lowered"
+
+
+def test_the_module_entry_exits_with_the_commands_status(tmp_path):
+    """``python -m jaxcnn``: a failure that :func:`main` reports exits 2 through the fast exit,
+    its message complete."""
+    proc = subprocess.run([sys.executable, "-m", "jaxcnn", "train", "--preset", "lenet",
+                           "--data-dir", str(tmp_path / "none"), "--no-download"],
+                          env={**os.environ, "JAX_COMPILATION_CACHE_DIR": ""},
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.startswith("jaxcnn train: error: ")
+    assert "dataset-fashion-mnist" in proc.stderr

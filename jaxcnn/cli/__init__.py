@@ -17,18 +17,22 @@ checkpoint, bad data, a weights file that does not fit, an OS error (disk full, 
 read-only file system, ...) and Ctrl-C each print one or two lines naming the path and the fix
 and exit 2 (1 for OS errors, 130 for Ctrl-C). ``--debug`` (anywhere on the command line) or
 ``JAXCNN_DEBUG=1`` shows the full traceback instead.
+
+:func:`entry` is the process entry (the ``jaxcnn`` script, ``python -m jaxcnn``): :func:`main`,
+then the process ends without the interpreter's teardown (:func:`end_process`).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import importlib
 import os
 import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
-from typing import Any
+from typing import Any, NoReturn
 
 from .options import TORCH_MISSING
 
@@ -161,3 +165,39 @@ def main(argv: Sequence[str] | None = None) -> int:
                   file=sys.stderr)
             return 1
         raise
+
+
+#: Set to ``0`` to end ``jaxcnn`` processes through the interpreter's normal teardown.
+FAST_EXIT_ENV = "JAXCNN_FAST_EXIT"
+
+
+def end_process(code: int) -> NoReturn:
+    """Exit with ``code``, skipping the interpreter's teardown once everything a command leaves
+    behind has finished: the background compilations (and the program store's writes, which
+    run in them), JAX's ordered effects, the logging handlers, stdout and stderr.
+
+    The teardown cost 0.3 s at the end of every ``jaxcnn train`` on the 2-vCPU machine, most
+    of it JAX's ``atexit`` clean-up, which destroys the XLA client and its caches. With several
+    processes (``jax.distributed`` initialised: JAX's ``atexit`` also shuts the distributed
+    runtime down) or with ``JAXCNN_FAST_EXIT=0`` the process exits normally (``sys.exit``)."""
+    jax = sys.modules.get("jax")
+    if (os.environ.get(FAST_EXIT_ENV, "1") == "0"
+            or (jax is not None and jax.distributed.is_initialized())):
+        sys.exit(code)
+    programs = sys.modules.get("jaxcnn.training._programs")
+    if programs is not None:
+        programs.wait_all()
+    if jax is not None:
+        jax.effects_barrier()
+    import logging
+
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing reaches it
+            stream.flush()
+    os._exit(code)
+
+
+def entry() -> NoReturn:
+    """The process entry point: :func:`main`, then :func:`end_process`."""
+    end_process(main())

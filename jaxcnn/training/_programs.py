@@ -208,6 +208,15 @@ def _submit(jitted: Any, args: tuple[Any, ...], static: dict[str, Any],
     return fut
 
 
+def wait_all() -> None:
+    """Wait until every background compilation asked for so far has finished (its program,
+    or its error, is then kept for :func:`call`)."""
+    with _lock:
+        futures = list(_cache.values())
+    for fut in futures:
+        fut.exception()
+
+
 def precompile(jitted: Any, *args: Any, identity: str | None = None, **static: Any) -> None:
     """Start compiling ``jitted`` (or a :class:`Tuned` one) for arguments shaped like ``args``
     (arrays or ``jax.ShapeDtypeStruct``s; ``static``: its static keyword arguments) in a
