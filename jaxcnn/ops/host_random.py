@@ -138,8 +138,7 @@ def seed_key(seed: int) -> np.ndarray | jax.Array:
     ``[0, seed mod 2**32]`` (uint32 ``(2,)``), made here with numpy. ``jax.random.PRNGKey``
     compiles two small programs for it on first use (0.1-0.2 s of a cold start's CPU, with
     ``jnp.zeros``' two more); any other case is left to it."""
-    if (jax.config.jax_default_prng_impl != _THREEFRY or jax.config.jax_enable_x64
-            or isinstance(seed, bool)):
+    if jax.config.jax_default_prng_impl != _THREEFRY or jax.config.jax_enable_x64:
         return jax.random.PRNGKey(seed)
     return np.array([0, operator.index(seed) & 0xFFFFFFFF], dtype=_U32)
 

@@ -136,12 +136,11 @@ def precompile(config: TrainConfig, train_size: int, test_size: int,
             for shape in dict.fromkeys(idx.shape for idx, _ in blocks):  # in order, once
                 trainers.append((train_scan, (state, *data(train_size), block(shape),
                                               block(shape, jnp.float32)), identity))
-    for i, (program, args, key) in enumerate(trainers):
+    for program, args, key in trainers[:1]:  # none: train_step batch by batch, by jit
         _programs.precompile(program, *args, identity=key, **static)
-        if i == 0:
-            precompile_init(model, input_shape, tx, identity)
-    if not trainers:  # train_step batch by batch: compiled by jit
-        precompile_init(model, input_shape, tx, identity)
+    precompile_init(model, input_shape, tx, identity)
+    for program, args, key in trainers[1:]:
+        _programs.precompile(program, *args, identity=key, **static)
     idx, _ = eval_blocks(test_size, bs)
     variables = variables_of(state.params, state.batch_stats)
     if per_process:
