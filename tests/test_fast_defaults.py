@@ -227,3 +227,22 @@ def test_init_program_gives_the_values_of_plain_init():
     assert jax.tree.structure(fast.opt_state) == jax.tree.structure(expected_opt)
     for a, b in zip(jax.tree.leaves(fast.opt_state), jax.tree.leaves(expected_opt), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_a_new_function_never_gets_a_collected_ones_program(monkeypatch):
+    """The program cache's key holds the jitted function itself: while its program is cached it
+    stays alive, so a function made later (e.g. the init of a new model or optimizer) cannot
+    get the id of a collected one, and with it that one's program."""
+    import gc
+    import weakref
+
+    monkeypatch.setattr(_programs, "_cache", OrderedDict())
+    x = np.arange(3, dtype=np.float32)
+    first = jax.jit(lambda v: v + 1)
+    alive = weakref.ref(first)
+    np.testing.assert_array_equal(_programs.call(first, x), x + 1)
+    del first
+    gc.collect()
+    assert alive() is not None
+    for k in range(2, 6):  # new functions of the same shapes each get their own program
+        np.testing.assert_array_equal(_programs.call(jax.jit(lambda v, k=k: v + k), x), x + k)

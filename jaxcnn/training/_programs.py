@@ -87,13 +87,19 @@ def _spec(x: Any) -> Any:
     if hasattr(x, "shape") and hasattr(x, "dtype"):  # arrays and jax.ShapeDtypeStruct
         return (tuple(x.shape), str(x.dtype), bool(getattr(x, "weak_type", False)),
                 _placement(x))
-    return ("py", type(x).__name__, x if isinstance(x, (int, float, bool, str)) else id(x))
+    try:  # the object itself (kept alive by the key: its id cannot be reused meanwhile)
+        hash(x)
+    except TypeError:
+        return ("py", type(x).__name__, id(x))
+    return ("py", type(x).__name__, x)
 
 
 def _key(jitted: Callable[..., Any], args: tuple[Any, ...], static: dict[str, Any]) -> Hashable:
     leaves, treedef = jax.tree.flatten(args)
     fn, options = _unpack(jitted)
-    return (id(fn), options, treedef, tuple(_spec(x) for x in leaves),
+    # The function itself, not its id(): the key keeps it alive, so a function made later (a
+    # new model or optimizer's init) cannot reuse a collected one's id and get its program.
+    return (fn, options, treedef, tuple(_spec(x) for x in leaves),
             tuple(sorted(static.items())))
 
 
