@@ -263,6 +263,50 @@ def test_train_step_finiteness_covers_batch_stats_and_opt_state():
     assert not bool(metrics["finite"])
 
 
+def _finite_tree(bad: float | None, where: str) -> dict:
+    """A state-like tree: small float32 and bfloat16 leaves, one leaf above
+    FINITE_GROUP_LIMIT, an int32 counter; ``bad`` planted into the leaf ``where``."""
+    from jaxcnn.training.steps import FINITE_GROUP_LIMIT
+
+    tree = {"w": np.ones((3, 4), np.float32), "b": np.zeros(5, np.float32),
+            "half": np.ones(7, jnp.bfloat16), "big": np.ones(FINITE_GROUP_LIMIT + 1, np.float32),
+            "count": np.full((), 2**31 - 1, np.int32), "empty": np.zeros((0,), np.float32)}
+    if bad is not None:
+        leaf = tree[where].copy()
+        leaf.reshape(-1)[-1] = bad
+        tree[where] = leaf
+    return jax.tree.map(jnp.asarray, tree)
+
+
+@pytest.mark.parametrize(("bad", "where", "finite"), [
+    (None, "w", True),
+    (np.nan, "w", False),
+    (np.inf, "b", False),
+    (-np.inf, "half", False),
+    (np.nan, "big", False),
+    (np.inf, "big", False),
+    (3.0e38, "w", True),  # the largest float32s stay finite in the common type
+])
+def test_all_finite_finds_every_non_finite_leaf(bad, where, finite):
+    """The grouped check (small leaves concatenated, large ones alone) answers as a check of
+    every leaf would, jitted or not."""
+    from jaxcnn.training.steps import all_finite
+
+    tree = _finite_tree(bad, where)
+    expected = all(bool(np.all(np.isfinite(np.asarray(x, np.float64))))
+                   for x in jax.tree.leaves(tree))
+    assert expected == finite
+    assert bool(all_finite(tree)) == finite
+    assert bool(jax.jit(all_finite)(tree)) == finite
+
+
+def test_all_finite_of_no_float_leaves_is_true():
+    from jaxcnn.training.steps import all_finite
+
+    assert bool(all_finite({}))
+    assert bool(all_finite({"count": jnp.asarray(3, jnp.int32)}))
+
+
 # ------------------------------------------------------------------ 6./7. CLI messages, files
 
 def test_workdir_that_is_a_file_fails_before_the_data_loads(tmp_path, capsys):
